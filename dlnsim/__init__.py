@@ -1,0 +1,41 @@
+"""dlnsim: a PyTorch simulator of deep linear network dynamics, next to their geometric theory.
+
+Theory functions (pure, batched, usable in a notebook) are exported here:
+    metric_operator, metric_operator_sqrt, metric_operator_inv, metric_operator_inv_sqrt, metric,
+    entropy, log_orthogonal_volume, orbit_log_volume, balanced_weights, saxe_mode, ...
+Simulation: DeepLinearNetwork, energies, dynamics.* schemes, Simulation / simulate.
+"""
+__version__ = "0.1.0"
+
+from .energies import (  # noqa: F401
+    CustomEnergy,
+    Energy,
+    LinearRegression,
+    MatrixCompletion,
+    MatrixRegression,
+    SumEnergy,
+    WeightDecay,
+)
+from .entropy import (  # noqa: F401
+    entropy,
+    entropy_from_singular_values,
+    entropy_grad,
+    entropy_grad_singular_values,
+    log_orthogonal_volume,
+    orbit_log_volume,
+)
+from .geometry import (  # noqa: F401
+    SpectralFrame,
+    horizontal_lift,
+    metric,
+    metric_operator,
+    metric_operator_inv,
+    metric_operator_inv_sqrt,
+    metric_operator_sqrt,
+)
+from .network import DeepLinearNetwork, balanced_weights, balancedness, end_to_end  # noqa: F401
+from .spectral import kernel, log_kernel  # noqa: F401
+from .theory import saxe_mode, saxe_time  # noqa: F401
+from .dynamics import EndToEndFlow, GradientDescent, GradientFlow, Scheme, State  # noqa: F401
+from .observe import Observer  # noqa: F401
+from .simulation import Simulation, simulate  # noqa: F401

@@ -1,0 +1,46 @@
+"""Input validation shared by the public functions: one-line ValueErrors that name the fix.
+
+These checks may synchronise with the host (they read tensor values); the simulation hot loops
+call the unchecked internals instead.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def check_depth(depth) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    return depth
+
+
+def check_matrix(X: torch.Tensor, name: str = "X", square: bool = False) -> torch.Tensor:
+    if not isinstance(X, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (..., d_out, d_in), got {type(X).__name__}")
+    if X.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., d_out, d_in), got shape {tuple(X.shape)}")
+    if not X.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (float64 recommended), got {X.dtype}")
+    if square and X.shape[-1] != X.shape[-2]:
+        raise ValueError(
+            f"{name} must be square (..., d, d) here: the theory (THEORY.md sections 3-5) is for "
+            f"square width, got shape {tuple(X.shape)}"
+        )
+    return X
+
+
+def rank_tolerance(s: torch.Tensor) -> torch.Tensor:
+    """Numerical-rank threshold max(d) * eps * s_max, the usual pinv/matrix_rank cut-off."""
+    eps = torch.finfo(s.dtype).eps
+    return max(s.shape[-1], 1) * eps * s.amax(dim=-1)
+
+
+def check_full_rank(s: torch.Tensor, what: str) -> None:
+    """Raise if any matrix of the batch (given by its singular values) is numerically rank-deficient."""
+    bad = s.amin(dim=-1) <= rank_tolerance(s)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{what} is undefined for rank-deficient X (batch index {idx}: smallest singular value "
+            f"{float(s.amin(dim=-1)[idx]):.3g} <= rank tolerance); the theory needs full-rank X"
+        )

@@ -1,0 +1,136 @@
+"""The metric operator A_{N,X} of the deep linear network and the Riemannian metric g^N.
+
+    A_{N,X}(P) = sum_{p=1}^N (X X^T)^{(N-p)/N} P (X^T X)^{(p-1)/N}
+               = U [K o (U^T P V)] V^T,        X = U diag(s) V^T,
+
+with K the spectral kernel of `dlnsim.spectral` (THEORY.md section 3; Arora, Cohen & Hazan
+1802.06509; Menon 2411.09004). Powers A^q (q = 1/2, -1, -1/2) are the same formula with K^q.
+The metric on the observables is g^N(X)(Z, Z) = tr(Z^T A_{N,X}^{-1}(Z)).
+
+Shapes: X and P are (..., d_out, d_in) with any leading batch dims. A itself (q > 0) is defined for
+every X, rectangular and rank-deficient included (the zero singular values pad the spectrum);
+negative powers and g^N need full-rank X and raise ValueError otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_depth, check_full_rank, check_matrix
+from .spectral import log_kernel
+
+__all__ = [
+    "SpectralFrame",
+    "metric_operator",
+    "metric_operator_sqrt",
+    "metric_operator_inv",
+    "metric_operator_inv_sqrt",
+    "metric",
+    "horizontal_lift",
+]
+
+
+@dataclass
+class SpectralFrame:
+    """The SVD frame of X, computed once and reused for every power of A_{N,X} at X.
+
+    U: (..., d_out, d_out), s: (..., r) with r = min(d_out, d_in), V: (..., d_in, d_in)
+    (full SVD, so rectangular X is covered), depth N. log_K: (..., d_out, d_in).
+    """
+
+    U: torch.Tensor
+    s: torch.Tensor
+    V: torch.Tensor
+    depth: int
+    log_K: torch.Tensor
+
+    @classmethod
+    def of(cls, X: torch.Tensor, depth: int) -> "SpectralFrame":
+        d_out, d_in = X.shape[-2], X.shape[-1]
+        square = d_out == d_in
+        U, s, Vh = torch.linalg.svd(X, full_matrices=not square)
+        V = Vh.mT
+        s_row, s_col = _pad(s, d_out), _pad(s, d_in)
+        return cls(U, s, V, depth, log_kernel(s_row, depth, s_col))
+
+    def apply(self, P: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+        """A_{N,X}^power (P), shape of P: U [K^power o (U^T P V)] V^T."""
+        K_pow = torch.exp(power * self.log_K)
+        return self.U @ (K_pow * (self.U.mT @ P @ self.V)) @ self.V.mT
+
+    def from_singular(self, f_s: torch.Tensor) -> torch.Tensor:
+        """U diag(f_s) V^T for a function f_s of the singular values, shape (..., r)."""
+        r = f_s.shape[-1]
+        return (self.U[..., :, :r] * f_s.unsqueeze(-2)) @ self.V[..., :, :r].mT
+
+
+def _pad(s: torch.Tensor, n: int) -> torch.Tensor:
+    if s.shape[-1] == n:
+        return s
+    return torch.cat([s, s.new_zeros(*s.shape[:-1], n - s.shape[-1])], dim=-1)
+
+
+def _frame(X: torch.Tensor, P: torch.Tensor | None, depth: int, need_full_rank: str | None) -> SpectralFrame:
+    check_depth(depth)
+    check_matrix(X)
+    if P is not None:
+        check_matrix(P, "P")
+        if P.shape[-2:] != X.shape[-2:]:
+            raise ValueError(
+                f"P must have the shape of X's tangent space {tuple(X.shape[-2:])}, got {tuple(P.shape[-2:])}"
+            )
+    frame = SpectralFrame.of(X, depth)
+    if need_full_rank is not None:
+        if X.shape[-1] != X.shape[-2]:
+            raise ValueError(f"{need_full_rank} needs square full-rank X, got shape {tuple(X.shape)}")
+        check_full_rank(frame.s, need_full_rank)
+    return frame
+
+
+def metric_operator(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
+    """A_{N,X}(P) = sum_{p=1}^N (X X^T)^{(N-p)/N} P (X^T X)^{(p-1)/N}.
+
+    X, P: (..., d_out, d_in) (batch dims broadcast). Returns (..., d_out, d_in).
+    Self-adjoint and positive semi-definite in P; positive definite for full-rank X.
+    """
+    return _frame(X, P, depth, None).apply(P, 1.0)
+
+
+def metric_operator_sqrt(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
+    """A_{N,X}^{1/2}(P) = U [K^{1/2} o (U^T P V)] V^T; (..., d_out, d_in). The Langevin noise factor."""
+    return _frame(X, P, depth, None).apply(P, 0.5)
+
+
+def metric_operator_inv(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
+    """A_{N,X}^{-1}(P) = U [(1/K) o (U^T P V)] V^T; (..., d, d). Needs square full-rank X."""
+    return _frame(X, P, depth, "A_{N,X}^{-1}").apply(P, -1.0)
+
+
+def metric_operator_inv_sqrt(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
+    """A_{N,X}^{-1/2}(P); (..., d, d). Needs square full-rank X."""
+    return _frame(X, P, depth, "A_{N,X}^{-1/2}").apply(P, -0.5)
+
+
+def metric(X: torch.Tensor, Z: torch.Tensor, depth: int, Z2: torch.Tensor | None = None) -> torch.Tensor:
+    """g^N(X)(Z, Z2) = tr(Z^T A_{N,X}^{-1}(Z2)) (Z2 defaults to Z); shape (...,).
+
+    X, Z, Z2: (..., d, d), X full rank. This is the squared length of the horizontal lift of Z.
+    """
+    frame = _frame(X, Z, depth, "the metric g^N")
+    Z2 = Z if Z2 is None else Z2
+    return (Z * frame.apply(Z2, -1.0)).sum(dim=(-2, -1))
+
+
+def horizontal_lift(weights: list[torch.Tensor], Z: torch.Tensor) -> list[torch.Tensor]:
+    """Minimal-norm lift of Z in T_X to the balanced point W: V_p = W_{N:p+1}^T A^{-1}(Z) W_{p-1:1}^T.
+
+    weights: [W_1, ..., W_N], W_p (..., d, d), balanced and full rank; Z: (..., d, d).
+    Returns [V_1, ..., V_N]; on the balanced manifold ||V||^2 = g^N(X)(Z, Z) and
+    d/dt phi(W + t V) = Z (phi is a Riemannian submersion).
+    """
+    from .network import end_to_end, gradient_from_end_to_end
+
+    X = end_to_end(weights)
+    Y = metric_operator_inv(X, Z, len(weights))
+    return gradient_from_end_to_end(weights, Y)
