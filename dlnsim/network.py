@@ -5,7 +5,7 @@ weights [W_1, ..., W_N], W_p of shape (B, d_p, d_{p-1}); the end-to-end matrix i
 X = phi(W) = W_N ... W_1 of shape (B, d_N, d_0) (THEORY.md section 1).
 
 The parameter gradient of L(W) = E(phi(W)) is dL/dW_p = W_{N:p+1}^T grad E(X) W_{p-1:1}^T,
-computed from prefix and suffix products with 3N - 1 batched matmuls (no autograd in the hot
+computed from prefix and suffix products with 3N - 3 batched matmuls (no autograd in the hot
 path; autograd is the test oracle).
 """
 from __future__ import annotations
@@ -85,10 +85,10 @@ def gradient_from_end_to_end(
         prefixes = prefix_products(weights)
     grads: list[torch.Tensor] = [None] * N  # type: ignore[list-item]
     T = G  # T_p = W_{N:p+1}^T G, shape (B, d_p, d_0)
-    for p in range(N, 0, -1):
+    for p in range(N, 1, -1):
         grads[p - 1] = T @ prefixes[p - 1].mT
-        if p > 1:
-            T = weights[p - 1].mT @ T
+        T = weights[p - 1].mT @ T
+    grads[0] = T  # W_{0:1} = I: the product with it is exact, so skip the matmul
     return grads
 
 

@@ -82,6 +82,13 @@ class Scheme:
                     raise ValueError(f"{self.name} runs on the end-to-end matrix: give it X or weights")
                 X = end_to_end(weights)
             state = State(X=X.detach().clone())
+        # An energy with data (target, mask, regression data) fixes (d_out, d_in): fail here with a
+        # readable message rather than with a broadcasting error inside the first step.
+        check_shape = getattr(self.energy, "check_shape", None)
+        if check_shape is not None:
+            ref_out = state.X if state.weights is None else state.weights[-1]
+            ref_in = state.X if state.weights is None else state.weights[0]
+            check_shape(ref_out.shape[-2], ref_in.shape[-1])
         B = state.batch_size
         ref = state.X if state.weights is None else state.weights[0]
         for k in self.stat_names:
