@@ -39,3 +39,14 @@ from .theory import saxe_mode, saxe_time  # noqa: F401
 from .dynamics import EndToEndFlow, GradientDescent, GradientFlow, Scheme, State  # noqa: F401
 from .observe import Observer  # noqa: F401
 from .simulation import Simulation, simulate  # noqa: F401
+from .manifold import (  # noqa: F401
+    check_point_on_manifold,
+    check_vector_on_tangent,
+    manifold_dimension,
+    newton_projection,
+    tangent_projection,
+)
+from .dynamics.langevin import MetropolisLangevin, ProjectedLangevin, UnprojectedLangevin  # noqa: F401
+from .dynamics.rle import RiemannianLangevin, rle_drift  # noqa: F401
+from .gibbs import SingularValueLaw, gibbs_log_density, singular_value_log_density  # noqa: F401
+from .stats import independent_chain_stderr, ks_test, zscore  # noqa: F401

@@ -106,3 +106,10 @@ class Observer:
 
     def reset(self) -> None:
         self._G0 = None
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume measuring: the initial balancedness G_p(0)."""
+        return {"G0": self._G0}
+
+    def load_state_dict(self, d: dict) -> None:
+        self._G0 = d["G0"]

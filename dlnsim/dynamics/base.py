@@ -98,6 +98,21 @@ class Scheme:
     def step(self, state: State) -> State:
         raise NotImplementedError
 
+    def cache_state(self) -> dict:
+        """Private per-run caches carried from one step to the next (attributes named `_*`).
+
+        Schemes may keep, e.g., the SVD frame of the current X; the next step depends on it at
+        roundoff level, so a checkpoint saves it (together with the state, so that tensor identity
+        between cache and state survives pickling) and a resumed run is bit-identical on CPU.
+        Generators are excluded: their state is saved through `generator.get_state()`.
+        """
+        return {k: v for k, v in vars(self).items()
+                if k.startswith("_") and not isinstance(v, torch.Generator) and not callable(v)}
+
+    def load_cache_state(self, caches: dict) -> None:
+        for k, v in caches.items():
+            setattr(self, k, v)
+
 
 def rk4_step(f, y, h: float):
     """Classical RK4 for y' = f(y), y a tensor or a list of tensors."""

@@ -1,0 +1,308 @@
+"""Overdamped Langevin dynamics in parameter space: on the balanced manifold M, and off it.
+
+Target: the constrained Langevin equation of THEORY.md section 5(a),
+
+    dW = -P_W grad L(W) dt + sqrt(2/beta) P_W o dB      (Stratonovich, P_W the projector onto T_W M),
+
+whose stationary law is exp(-beta L) dvol_M; its image under X = phi(W) is the Riemannian Langevin
+equation of section 5(b) (`dlnsim.dynamics.rle`). Schemes (all batched over the ensemble, no host
+syncs, hand-written parameter gradients, all randomness from `self.generator`):
+
+- ProjectedLangevin: projected Euler-Maruyama. Tangent step v = -h P_x grad L(x) + sqrt(2h/beta) P_x xi,
+  then y = x + v + J(x)^T mu with mu from the Newton projection of `dlnsim.manifold` so that
+  G_p(y) = 0. First order weakly: O(h) bias in the stationary law (several % at h = 0.02-0.1).
+  Safeguard: a projection is rejected (the trajectory stays at x for this step) if Newton does not
+  converge, or if the normal correction is large, |y - (x + v)| > safeguard |v| (default 2).
+  Why 2|v|: the normal correction onto the nearby sheet of M is ~ kappa |v|^2 / 2 (kappa the
+  curvature), far below 2|v| for every step that resolves the geometry (|v| kappa < 4); a larger
+  correction means Newton found a distant solution of c = 0, which near rank-deficient X can lie
+  arbitrarily far away (THEORY reports |W| ~ 1e56). The cap also bounds every move by |y - x| <= 3|v|.
+- MetropolisLangevin: the same move as a proposal, accepted with the Metropolis-Hastings rule of
+  Zappa, Holmes-Cerfon & Goodman (CPAM 2018) for exp(-beta L) dvol_M. The reverse tangent move is
+  v' = P_y (x - y); the ratio of proposal densities is that of the tangent Gaussians,
+  exp(-beta |v' - m_y|^2 / 4h) / exp(-beta |v - m_x|^2 / 4h), m_x = -h P_x grad L(x) (the Jacobian
+  factors |det(T_x^T T_y)| of the two projections are equal and cancel). The proposal is rejected
+  unless the reverse projection from y (same solver, same tolerance) returns to x within
+  `reverse_tol`: without this check the chain is not reversible where the solver finds a different
+  root (about 3% of reverse projections fail for d = 2, N = 3). The safeguard is applied to both
+  directions (a symmetric restriction of the proposal, so detailed balance holds).
+- UnprojectedLangevin: plain Euler-Maruyama dW = -grad L dt + sqrt(2/beta) dB in the full parameter
+  space: the contrast run, whose balancedness G_p drifts diffusively.
+
+Per-trajectory counters (state.stats, (B,) float tensors, cumulative since init_state):
+ProjectedLangevin: steps, projection_failures, safeguard_rejections, newton_iterations;
+MetropolisLangevin: proposals, accepted, projection_failures, reverse_failures,
+safeguard_rejections, newton_iterations (forward + reverse). Rates are ratios of counters.
+
+Square widths only for the manifold schemes (M is defined for square width, THEORY section 2).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..energies import Energy
+from ..manifold import NEWTON_METHODS, ConstraintFrame, check_point_on_manifold
+from ..network import gradient_from_end_to_end, prefix_products
+from .base import Scheme, State
+
+__all__ = ["ProjectedLangevin", "MetropolisLangevin", "UnprojectedLangevin"]
+
+
+def _energy_and_gradient(W: torch.Tensor, energy: Energy) -> tuple[torch.Tensor, torch.Tensor]:
+    """L(W) (B,) and dL/dW stacked (B, N, d, d) from stacked weights W (B, N, d, d)."""
+    ws = list(W.unbind(dim=-3))
+    prefixes = prefix_products(ws)
+    value, G = energy.value_and_grad(prefixes[-1])
+    return value, torch.stack(gradient_from_end_to_end(ws, G, prefixes), dim=-3)
+
+
+def _sq(V: torch.Tensor) -> torch.Tensor:
+    return (V * V).sum(dim=(-3, -2, -1))
+
+
+class _LangevinBase(Scheme):
+    """Shared constructor: beta, generator, options."""
+
+    space = "parameters"
+    stochastic = True
+    options: dict = {}
+
+    def __init__(
+        self, energy: Energy, step_size: float, depth: int, beta, *, generator: torch.Generator | None = None, **options
+    ):
+        super().__init__(energy, step_size, depth)
+        beta_t = torch.as_tensor(beta, dtype=torch.float64)
+        if beta_t.dim() > 1 or not bool(torch.isfinite(beta_t).all()) or bool((beta_t <= 0).any()):
+            raise ValueError(f"beta must be a positive number or a (B,) tensor of positive numbers, got {beta!r}")
+        self.beta = beta_t
+        self._own_generator = generator is None
+        if generator is None:
+            generator = torch.Generator()
+            generator.seed()
+        self.generator = generator
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {sorted(unknown)} for {type(self).__name__}; valid options: {sorted(self.options)}"
+            )
+        for k, default in self.options.items():
+            setattr(self, k, options.get(k, default))
+        self._check_options()
+
+    def _check_options(self) -> None:
+        pass
+
+    def init_state(self, weights=None, X=None) -> State:
+        state = super().init_state(weights=weights, X=X)
+        W0 = state.weights[0]
+        if self.beta.dim() == 1 and self.beta.shape[0] not in (1, W0.shape[0]):
+            raise ValueError(
+                f"beta has {self.beta.shape[0]} entries but the ensemble has B = {W0.shape[0]}; give one beta per trajectory"
+            )
+        if self._own_generator and self.generator.device != W0.device:
+            # A generator we made ourselves follows the state's device (a CUDA randn needs a CUDA generator).
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            self.generator = torch.Generator(device=W0.device).manual_seed(seed)
+        return state
+
+    def _beta(self, ref: torch.Tensor) -> torch.Tensor:
+        """beta as (B,) or () tensor on ref's dtype/device."""
+        return self.beta.to(dtype=ref.dtype, device=ref.device)
+
+    def _noise(self, ref: torch.Tensor) -> torch.Tensor:
+        return torch.randn(ref.shape, generator=self.generator, dtype=ref.dtype, device=ref.device)
+
+
+class _ManifoldLangevin(_LangevinBase):
+    options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0}
+
+    def _check_options(self) -> None:
+        if self.depth < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs depth >= 2 (the balanced manifold of depth 1 is all of GL_d); "
+                "use UnprojectedLangevin"
+            )
+        if self.method not in NEWTON_METHODS:
+            raise ValueError(f"method must be one of {NEWTON_METHODS}, got {self.method!r}")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise ValueError(f"tol must be a positive number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
+        if self.safeguard is not None and not (isinstance(self.safeguard, (int, float)) and self.safeguard > 0):
+            raise ValueError(
+                f"safeguard must be a positive number (the cap on |y - (x+v)| / |v|) or None, got {self.safeguard!r}"
+            )
+
+    def init_state(self, weights=None, X=None) -> State:
+        state = super().init_state(weights=weights, X=X)
+        d = state.weights[0].shape[-1]
+        if any(W.shape[-2:] != (d, d) for W in state.weights):
+            raise ValueError(
+                f"{type(self).__name__} runs on the balanced manifold, defined for square widths; got layer shapes "
+                f"{[tuple(W.shape[-2:]) for W in state.weights]}"
+            )
+        # Off M the safeguard would reject every step (the normal correction then includes the
+        # distance to M), so the chain would never move: refuse such a start. Roundoff allowance
+        # 1e3 eps |W|^2 covers float32 weights from balanced_weights.
+        eps = torch.finfo(state.weights[0].dtype).eps
+        ok, reason = check_point_on_manifold(state.weights, atol=10 * self.tol, rtol=1e3 * eps)
+        if not ok:
+            raise ValueError(
+                f"{type(self).__name__} must start on the balanced manifold ({reason}); start from "
+                f"balanced_weights(X, depth) (network init 'balanced')"
+            )
+        return state
+
+    def _project(self, frame: ConstraintFrame, v: torch.Tensor):
+        r = frame.newton(v, tol=self.tol, max_iter=self.max_iter, method=self.method)
+        if self.safeguard is None:
+            guard = torch.ones_like(r.converged)
+        else:
+            guard = _sq(r.Y - frame.W - v) <= (self.safeguard**2) * _sq(v)
+        return r, guard
+
+
+class ProjectedLangevin(_ManifoldLangevin):
+    """Projected Euler-Maruyama on the balanced manifold (unadjusted; O(h) stationary bias).
+
+    ProjectedLangevin(energy, step_size, depth, beta, *, generator=None, tol=1e-10, max_iter=12,
+    method="newton", safeguard=2.0). beta: number or (B,) tensor. tol: Newton tolerance on
+    max_p ||G_p||_F (absolute); max_iter, method: see dlnsim.manifold ("newton", "chord",
+    "quasi"); safeguard: reject when |y - (x + v)| > safeguard |v| (None: never). Start from a
+    balanced point (balanced_weights). Like every explicit scheme it diverges when h |grad^2 L|
+    is large (superlinear drift at large |W|); use h well below 2 / (N alpha |W_p|^{2(N-1)}).
+    """
+
+    name = "projected_langevin"
+    stat_names = ("steps", "projection_failures", "safeguard_rejections", "newton_iterations")
+
+    def step(self, state: State) -> State:
+        X = torch.stack(state.weights, dim=-3)
+        h = self.step_size
+        frame = ConstraintFrame(X)
+        _, grad = _energy_and_gradient(X, self.energy)
+        sigma = _per_layer(torch.sqrt(2.0 * h / self._beta(X)))
+        v = frame.project(sigma * self._noise(X) - h * grad)
+        r, guard = self._project(frame, v)
+        ok = r.converged & guard
+        Y = torch.where(_per_layer(ok), r.Y, X)
+        state.weights = list(Y.unbind(dim=-3))
+        st = state.stats
+        st["steps"] = st["steps"] + 1
+        st["projection_failures"] = st["projection_failures"] + (~r.converged).to(X.dtype)
+        st["safeguard_rejections"] = st["safeguard_rejections"] + (r.converged & ~guard).to(X.dtype)
+        st["newton_iterations"] = st["newton_iterations"] + r.iterations
+        state.t += h
+        state.step += 1
+        return state
+
+
+class MetropolisLangevin(_ManifoldLangevin):
+    """Metropolis-adjusted projected Langevin on M (exact stationary law exp(-beta L) dvol_M).
+
+    MetropolisLangevin(energy, step_size, depth, beta, *, generator=None, tol=1e-10, max_iter=12,
+    method="newton", safeguard=2.0, reverse_tol=1e-7). reverse_tol: the reverse projection must
+    return within ||x_rev - x||_F <= reverse_tol (1 + ||x||_F); a converged projection lands within
+    ~tol / sigma_min(J) of its root, a different root lies O(|x|) away, so any threshold in between
+    separates them. Keeps the factorisation at the current point between steps (one Gram
+    factorisation per proposal).
+    """
+
+    name = "metropolis_langevin"
+    options = {**_ManifoldLangevin.options, "reverse_tol": 1e-7}
+    stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cache: _Point | None = None
+
+    def _point(self, state: State) -> "_Point":
+        """Frame, L and P grad L at the current point: from the cache when the state is the one the
+        last step produced (same tensor objects), else computed afresh."""
+        c = self._cache
+        if c is not None and len(c.weights) == len(state.weights) and all(a is b for a, b in zip(state.weights, c.weights)):
+            return c
+        X = torch.stack(state.weights, dim=-3)
+        frame = ConstraintFrame(X)
+        value, grad = _energy_and_gradient(X, self.energy)
+        return _Point(X, frame, value, frame.project(grad), state.weights)
+
+    def step(self, state: State) -> State:
+        X, frame, Lx, Pgx, _ = self._point(state)
+        h = self.step_size
+        beta = self._beta(X)
+        sigma = _per_layer(torch.sqrt(2.0 * h / beta))
+        # Forward move: v = m_x + sigma P xi with m_x = -h P grad L(x).
+        noise = sigma * frame.project(self._noise(X))
+        v = noise - h * Pgx
+        fwd, guard_f = self._project(frame, v)
+        # Evaluate y only where the forward projection is usable (keeps NaN out of the factorisation).
+        usable = fwd.converged & guard_f & torch.isfinite(fwd.Y).flatten(-3).all(-1)
+        Y = torch.where(_per_layer(usable), fwd.Y, X)
+        frame_y = ConstraintFrame(Y)
+        Ly, grad_y = _energy_and_gradient(Y, self.energy)
+        Pgy = frame_y.project(grad_y)
+        # Reverse move from y: v' = P_y (x - y), projected back along the normal space at y.
+        v_rev = frame_y.project(X - Y)
+        rev, guard_r = self._project(frame_y, v_rev)
+        returned = rev.converged & (_sq(rev.Y - X) <= self.reverse_tol**2 * (1.0 + _sq(X)))
+        # log of [exp(-beta L(y)) q(x | y)] / [exp(-beta L(x)) q(y | x)], q(y|x) ∝ exp(-beta |v - m_x|^2 / 4h).
+        log_ratio = -beta * (Ly - Lx) - beta / (4.0 * h) * (_sq(v_rev + h * Pgy) - _sq(noise))
+        u = torch.rand(Lx.shape, generator=self.generator, dtype=X.dtype, device=X.device)
+        accept = usable & returned & guard_r & (torch.log(u) < log_ratio)
+        a = _per_layer(accept)
+        Xn = torch.where(a, Y, X)
+        frame_n = ConstraintFrame(Xn)
+        frame_n._factor = frame_y.factor.where(accept, frame.factor)
+        state.weights = list(Xn.unbind(dim=-3))
+        self._cache = _Point(Xn, frame_n, torch.where(accept, Ly, Lx), torch.where(a, Pgy, Pgx), state.weights)
+        st = state.stats
+        f = lambda m: m.to(X.dtype)  # noqa: E731
+        st["proposals"] = st["proposals"] + 1
+        st["accepted"] = st["accepted"] + f(accept)
+        st["projection_failures"] = st["projection_failures"] + f(~fwd.converged)
+        st["safeguard_rejections"] = st["safeguard_rejections"] + f((fwd.converged & ~guard_f) | (usable & ~guard_r))
+        st["reverse_failures"] = st["reverse_failures"] + f(usable & ~returned)
+        st["newton_iterations"] = st["newton_iterations"] + fwd.iterations + torch.where(usable, rev.iterations, 0.0)
+        state.t += h
+        state.step += 1
+        return state
+
+
+class _Point(NamedTuple):
+    X: torch.Tensor  # (B, N, d, d)
+    frame: ConstraintFrame
+    L: torch.Tensor  # (B,)
+    Pg: torch.Tensor  # P_x grad L(x), (B, N, d, d)
+    weights: list  # the state's list of views of X (identity marks the cache as current)
+
+
+def _per_layer(t: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, 1) to broadcast over stacked weights; 0-dim tensors pass through."""
+    return t if t.dim() == 0 else t[:, None, None, None]
+
+
+class UnprojectedLangevin(_LangevinBase):
+    """Euler-Maruyama in the full parameter space: W <- W - h grad L + sqrt(2h/beta) xi.
+
+    The contrast run (THEORY.md section 5): the noise is not projected onto T_W M, so the
+    balancedness G_p leaves 0 and drifts diffusively. Any widths.
+    """
+
+    name = "unprojected_langevin"
+
+    def step(self, state: State) -> State:
+        h = self.step_size
+        ws = state.weights
+        prefixes = prefix_products(ws)
+        grads = gradient_from_end_to_end(ws, self.energy.grad(prefixes[-1]), prefixes)
+        beta = self._beta(ws[0])
+        sigma = torch.sqrt(2.0 * h / beta)
+        if sigma.dim() == 1:
+            sigma = sigma[:, None, None]
+        state.weights = [W - h * g + sigma * self._noise(W) for W, g in zip(ws, grads)]
+        state.t += h
+        state.step += 1
+        return state
