@@ -150,9 +150,13 @@ def test_float32_run_stays_float32_and_tracks_float64():
 # torch's inductor imports torch.utils.mkldnn, which calls the deprecated torch.jit.script_method
 # at import time: a warning from torch itself, not from dlnsim.
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
-def test_compiled_step_equals_eager_step():
+@pytest.mark.parametrize("blocked", [False, True], ids=["one_block", "cache_blocks"])
+def test_compiled_step_equals_eager_step(blocked, monkeypatch):
     # torch.compile may reorder floating-point sums inside fused kernels: roundoff-level agreement.
+    # blocked: blocks of 4 out of B = 6 (a full and a ragged block, each writing into its slice).
     d, N, B, h = 4, 3, 6, 0.05
+    if blocked:
+        monkeypatch.setattr(gradient_mod, "_CPU_BLOCK_BYTES", 4 * 3 * N * d * d * 8)
     g = make_generator(5)
     W0 = _weights([d] * (N + 1), B, g)
     energy = MatrixRegression(torch.randn(d, d, dtype=DTYPE, generator=g))

@@ -11,6 +11,12 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
 - ProjectedLangevin: projected Euler-Maruyama. Tangent step v = -h P_x grad L(x) + sqrt(2h/beta) P_x xi,
   then y = x + v + J(x)^T mu with mu from the Newton projection of `dlnsim.manifold` so that
   G_p(y) = 0. First order weakly: O(h) bias in the stationary law (several % at h = 0.02-0.1).
+  Linear algebra (option solver): "frame" does everything in the singular frames of x, where J J^T
+  is diagonal in the matrix entries (dlnsim.manifold.BalancedFrame: O(N d^3) per step, simplified
+  Newton with an exact-Newton fallback on the CPU); "exact" is the block-tridiagonal / dense
+  Newton of ConstraintFrame (O(N d^6), the oracle); "auto" (default): "frame" on the CPU, "exact"
+  on accelerators (no host-synchronising fallback there). Same projection to ~tol where both
+  converge; with "frame" the noise is drawn in frame coordinates (same law, different stream).
   Safeguard: a projection is rejected (the trajectory stays at x for this step) if Newton does not
   converge, or if the normal correction is large, |y - (x + v)| > safeguard |v| (default 2).
   Why 2|v|: the normal correction onto the nearby sheet of M is ~ kappa |v|^2 / 2 (kappa the
@@ -43,7 +49,7 @@ from typing import NamedTuple
 import torch
 
 from ..energies import Energy
-from ..manifold import NEWTON_METHODS, ConstraintFrame, check_point_on_manifold
+from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_frame
 from ..network import gradient_from_end_to_end, prefix_products
 from .base import Scheme, State
 
@@ -116,7 +122,7 @@ class _LangevinBase(Scheme):
 
 
 class _ManifoldLangevin(_LangevinBase):
-    options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0}
+    options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0, "solver": "auto"}
 
     def _check_options(self) -> None:
         if self.depth < 2:
@@ -124,6 +130,8 @@ class _ManifoldLangevin(_LangevinBase):
                 f"{type(self).__name__} needs depth >= 2 (the balanced manifold of depth 1 is all of GL_d); "
                 "use UnprojectedLangevin"
             )
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.method not in NEWTON_METHODS:
             raise ValueError(f"method must be one of {NEWTON_METHODS}, got {self.method!r}")
         if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
@@ -155,12 +163,13 @@ class _ManifoldLangevin(_LangevinBase):
             )
         return state
 
-    def _project(self, frame: ConstraintFrame, v: torch.Tensor):
-        r = frame.newton(v, tol=self.tol, max_iter=self.max_iter, method=self.method)
+    def _project(self, frame, v: torch.Tensor):
+        """Newton projection of x + v (v in the frame's coordinates); Y comes back in original ones."""
+        r = frame.newton_t(v, tol=self.tol, max_iter=self.max_iter, method=self.method)
         if self.safeguard is None:
             guard = torch.ones_like(r.converged)
         else:
-            guard = _sq(r.Y - frame.W - v) <= (self.safeguard**2) * _sq(v)
+            guard = r.normal_sq <= (self.safeguard**2) * _sq(v)
         return r, guard
 
 
@@ -168,7 +177,7 @@ class ProjectedLangevin(_ManifoldLangevin):
     """Projected Euler-Maruyama on the balanced manifold (unadjusted; O(h) stationary bias).
 
     ProjectedLangevin(energy, step_size, depth, beta, *, generator=None, tol=1e-10, max_iter=12,
-    method="newton", safeguard=2.0). beta: number or (B,) tensor. tol: Newton tolerance on
+    method="newton", safeguard=2.0, solver="auto"). beta: number or (B,) tensor. tol: Newton tolerance on
     max_p ||G_p||_F (absolute); max_iter, method: see dlnsim.manifold ("newton", "chord",
     "quasi"); safeguard: reject when |y - (x + v)| > safeguard |v| (None: never). Start from a
     balanced point (balanced_weights). Like every explicit scheme it diverges when h |grad^2 L|
@@ -181,10 +190,12 @@ class ProjectedLangevin(_ManifoldLangevin):
     def step(self, state: State) -> State:
         X = torch.stack(state.weights, dim=-3)
         h = self.step_size
-        frame = ConstraintFrame(X)
+        frame = make_frame(X, self.solver)
         _, grad = _energy_and_gradient(X, self.energy)
         sigma = _per_layer(torch.sqrt(2.0 * h / self._beta(X)))
-        v = frame.project(sigma * self._noise(X) - h * grad)
+        # Work in the frame's coordinates (an isometry; the identity for solver="exact"). The noise is
+        # drawn there directly: an isotropic Gaussian is invariant under the orthogonal change of frame.
+        v = frame.project_t(sigma * self._noise(X) - h * frame.to_frame(grad))
         r, guard = self._project(frame, v)
         ok = r.converged & guard
         Y = torch.where(_per_layer(ok), r.Y, X)
@@ -225,9 +236,9 @@ class MetropolisLangevin(_ManifoldLangevin):
         if c is not None and len(c.weights) == len(state.weights) and all(a is b for a, b in zip(state.weights, c.weights)):
             return c
         X = torch.stack(state.weights, dim=-3)
-        frame = ConstraintFrame(X)
+        frame = make_frame(X, self.solver)
         value, grad = _energy_and_gradient(X, self.energy)
-        return _Point(X, frame, value, frame.project(grad), state.weights)
+        return _Point(X, frame, value, frame.project_t(frame.to_frame(grad)), state.weights)
 
     def step(self, state: State) -> State:
         X, frame, Lx, Pgx, _ = self._point(state)
@@ -235,17 +246,19 @@ class MetropolisLangevin(_ManifoldLangevin):
         beta = self._beta(X)
         sigma = _per_layer(torch.sqrt(2.0 * h / beta))
         # Forward move: v = m_x + sigma P xi with m_x = -h P grad L(x).
-        noise = sigma * frame.project(self._noise(X))
+        # Tangent vectors live in the frame coordinates of their base point (module docstring of
+        # dlnsim.manifold.BalancedFrame); norms and Gaussian densities are the same there.
+        noise = sigma * frame.project_t(self._noise(X))
         v = noise - h * Pgx
         fwd, guard_f = self._project(frame, v)
         # Evaluate y only where the forward projection is usable (keeps NaN out of the factorisation).
         usable = fwd.converged & guard_f & torch.isfinite(fwd.Y).flatten(-3).all(-1)
         Y = torch.where(_per_layer(usable), fwd.Y, X)
-        frame_y = ConstraintFrame(Y)
+        frame_y = make_frame(Y, self.solver)
         Ly, grad_y = _energy_and_gradient(Y, self.energy)
-        Pgy = frame_y.project(grad_y)
+        Pgy = frame_y.project_t(frame_y.to_frame(grad_y))
         # Reverse move from y: v' = P_y (x - y), projected back along the normal space at y.
-        v_rev = frame_y.project(X - Y)
+        v_rev = frame_y.project_t(frame_y.to_frame(X - Y))
         rev, guard_r = self._project(frame_y, v_rev)
         returned = rev.converged & (_sq(rev.Y - X) <= self.reverse_tol**2 * (1.0 + _sq(X)))
         # log of [exp(-beta L(y)) q(x | y)] / [exp(-beta L(x)) q(y | x)], q(y|x) ∝ exp(-beta |v - m_x|^2 / 4h).
@@ -254,8 +267,7 @@ class MetropolisLangevin(_ManifoldLangevin):
         accept = usable & returned & guard_r & (torch.log(u) < log_ratio)
         a = _per_layer(accept)
         Xn = torch.where(a, Y, X)
-        frame_n = ConstraintFrame(Xn)
-        frame_n._factor = frame_y.factor.where(accept, frame.factor)
+        frame_n = frame_y.where(accept, frame)
         state.weights = list(Xn.unbind(dim=-3))
         self._cache = _Point(Xn, frame_n, torch.where(accept, Ly, Lx), torch.where(a, Pgy, Pgx), state.weights)
         st = state.stats
@@ -273,9 +285,9 @@ class MetropolisLangevin(_ManifoldLangevin):
 
 class _Point(NamedTuple):
     X: torch.Tensor  # (B, N, d, d)
-    frame: ConstraintFrame
+    frame: object  # BalancedFrame or ConstraintFrame at X
     L: torch.Tensor  # (B,)
-    Pg: torch.Tensor  # P_x grad L(x), (B, N, d, d)
+    Pg: torch.Tensor  # P_x grad L(x) in the frame's coordinates, (B, N, d, d)
     weights: list  # the state's list of views of X (identity marks the cache as current)
 
 
