@@ -107,7 +107,7 @@ def _cmd_plot(args) -> int:
 
     d = args.run_dir
     if os.path.isdir(d) and os.path.exists(os.path.join(d, "manifest.csv")):  # a sweep folder (dlnsim.sweep)
-        from .sweep import plot_sweep
+        from .sweep_plots import plot_sweep
 
         for p in plot_sweep(d, tuple(args.formats or ("png", "pdf"))):
             print(p)
