@@ -80,6 +80,9 @@ class MatrixRegression(Energy):
         R = X - self.target
         return 0.5 * _sq(R), R
 
+    def grad(self, X):  # the gradient-descent hot path needs no value
+        return X - self.target
+
 
 class LinearRegression(Energy):
     """E(X) = 1/(2n) ||X A - Y||_F^2 on data A (d_in, n), Y (d_out, n); grad = (X A - Y) A^T / n.
@@ -122,6 +125,9 @@ class MatrixCompletion(Energy):
         R = self.mask * (X - self.target)
         return 0.5 * _sq(R), R
 
+    def grad(self, X):
+        return self.mask * (X - self.target)
+
 
 class WeightDecay(Energy):
     """E(X) = alpha/2 ||X||_F^2, grad = alpha X. Orthogonally invariant (the Gibbs-law test case)."""
@@ -135,6 +141,9 @@ class WeightDecay(Energy):
 
     def value_and_grad(self, X):
         return 0.5 * self.alpha * _sq(X), self.alpha * X
+
+    def grad(self, X):
+        return self.alpha * X
 
 
 class CustomEnergy(Energy):

@@ -37,7 +37,9 @@ def _law_moments(law):
     return law.moment(lambda s: torch.stack([s[:, 0], s[:, -1], (s * s).sum(-1), s.prod(-1)], dim=-1))
 
 
-@pytest.mark.parametrize("d,N", [(1, 2), (1, 3), (2, 2), (2, 3)])
+@pytest.mark.parametrize(
+    "d,N", [(1, 2), (1, 3), (2, 2), (2, 3), pytest.param(3, 2, marks=pytest.mark.slow), pytest.param(2, 4, marks=pytest.mark.slow)]
+)
 def test_metropolis_chains_sample_the_gibbs_law(d, N):
     """E = alpha/2 ||X||^2: moments within 4 s.e. of SingularValueLaw, KS p > 1e-3, wrong law rejected.
 
