@@ -675,8 +675,7 @@ class BalancedFrame:
         """
         Xt = self.Xt
         batch = torch.broadcast_shapes(Xt.shape[:-3], v.shape[:-3])
-        L = Xt.new_zeros(*batch, self.depth - 1, self.d, self.d)
-        Y = Xt + v
+        N, d = self.depth, self.d
         iters = Xt.new_zeros(batch)
         live = self.ok.expand(batch)
         prev = torch.full(batch, float("inf"), dtype=Xt.dtype, device=Xt.device)
@@ -685,17 +684,18 @@ class BalancedFrame:
         # J(x)^T below. They differ by 2 |Xt - diag(l)| |mu| (~1e-13 |v|^2 on trusted frames), far
         # below tol; the inner tolerance tol/2 leaves room for it, and the residual is re-evaluated.
         base = Xt + v
-        for _ in range(max_iter):
-            G = self.residual_t(Y)
-            res = G.flatten(-2).norm(dim=-1).amax(dim=-1)
-            live = live & (res <= _STALL_RATIO * prev)  # NaN residuals stall too
-            active = live & ~(res <= 0.5 * tol)
-            if cpu and not bool(active.any()):
-                break
-            prev = res
-            iters = iters + active.to(iters.dtype)
-            L = torch.where(active[..., None, None, None], L - self.solve_canonical(G), L)
-            Y = base + self.vjp_canonical(L)
+        # Layer-major layout (N, *batch, d, d) inside the loop: layer slices are contiguous, the sine
+        # transform over p is one (N-1, N-1) x (N-1, B d^2) matmul, and no op copies its operands.
+        base_l = base.movedim(-3, 0).contiguous()
+        Lpad = base_l.new_zeros(N + 1, *batch, d, d)  # (0, L_1, ..., L_{N-1}, 0)
+        # J_D^T L = 2 l_i L_{p-1,ij} - 2 L_{p,ij} l_j; per-trajectory tensors expanded to the batch
+        # so that the loop can continue on a subset.
+        l2 = 2.0 * self.l.expand(*batch, d)
+        inv_lam = self.inv_lam.expand(*batch, N - 1, d, d).movedim(-3, 0)
+        compact = cpu and len(batch) == 1
+        iters = _frame_iterate(base_l, Lpad, l2[..., :, None], l2[..., None, :], inv_lam, self.S, live, prev, iters,
+                               0.5 * tol, _FRAME_ITER_FACTOR * max_iter, cpu, compact)
+        L = Lpad[1:N].movedim(0, -3)
         C = self.vjp_t(L)
         Y = base + C
         normal_sq = (C * C).sum(dim=(-3, -2, -1))
@@ -714,7 +714,10 @@ class BalancedFrame:
             idx = retry.nonzero()[:, 0]
             Wb = self.W.expand(*batch, *self.W.shape[-3:])
             vo = (self.from_frame(v) if v_orig is None else v_orig).expand(*batch, *v.shape[-3:])
-            sub = ConstraintFrame(Wb[idx]).newton(vo[idx], tol=tol, max_iter=max_iter, method=method)
+            # One or two trajectories: the dense solver is launch-bound and about twice as fast as the
+            # block one up to m ~ 250 entries in all (same numbers to roundoff).
+            dense = True if idx.numel() * (self.depth - 1) * self.d * (self.d + 1) <= 2 * _DENSE_FALLBACK_MAX else None
+            sub = ConstraintFrame(Wb[idx], dense=dense).newton(vo[idx], tol=tol, max_iter=max_iter, method=method)
             Yo, iters, res, normal_sq, converged = Yo.clone(), iters.clone(), res.clone(), normal_sq.clone(), converged.clone()
             Yo[idx], res[idx], normal_sq[idx], converged[idx] = sub.Y, sub.residual, sub.normal_sq, sub.converged
             iters[idx] = iters[idx] + sub.iterations
@@ -726,6 +729,58 @@ class BalancedFrame:
     def newton(self, v: torch.Tensor, tol: float = 1e-10, max_iter: int = 12, method: str = "newton") -> NewtonResult:
         """As ConstraintFrame.newton: v and Y in original coordinates, mu in z coordinates."""
         return self.newton_t(self.to_frame(v), tol=tol, max_iter=max_iter, method=method, want_mu=True, v_orig=v)
+
+
+# Frame-loop budget as a multiple of max_iter. 2 rescues about half the fallbacks (linear rate, the tail
+# is cheap once compacted) but changes which trajectories take the exact path, hence the random
+# stream of the fixed-seed statistical tests; kept at 1 until those are re-baselined.
+_FRAME_ITER_FACTOR = 1
+# On the CPU the frame loop continues on the still-active subset once it is below this fraction.
+_COMPACT_FRACTION = 0.125
+# The exact fallback uses the dense solver while (trajectories) x (N-1) d(d+1)/2 is at most this.
+_DENSE_FALLBACK_MAX = 256
+
+
+def _frame_iterate(base, Lpad, li2, lj2, inv_lam, S, live, prev, iters, tol, n_iter, cpu, compact):
+    """The simplified-Newton loop of BalancedFrame.newton_t, layer-major, updating Lpad in place.
+
+    base (N, B.., d, d) = Xt + v; Lpad (N+1, B.., d, d) = (0, L_1, ..., L_{N-1}, 0); li2, lj2
+    (B.., d, 1), (B.., 1, d) = 2 l; inv_lam (N-1, B.., d, d); live, prev, iters (B..,). Layer-major:
+    layer slices are contiguous, the sine transform over p is one (N-1, N-1) x (N-1, B d^2) matmul.
+    Returns the updated iteration counts. compact (CPU, one batch dim): once few trajectories are
+    still active, the loop continues on them only (their iterates do not depend on the others).
+    """
+    N = base.shape[0]
+    L = Lpad[1:N]
+    Y = torch.addcmul(base, li2, Lpad[:-1]).addcmul_(Lpad[1:], lj2, value=-1.0)
+    for it in range(n_iter):
+        Yn, Yp = Y[1:].flatten(0, -3), Y[:-1].flatten(0, -3)
+        G = torch.baddbmm(torch.bmm(Yn.mT, Yn), Yp, Yp.mT, alpha=-1.0).view(L.shape)
+        res = G.flatten(-2).norm(dim=-1).amax(dim=0)
+        live = live & (res <= _STALL_RATIO * prev)  # NaN residuals stall too
+        active = live & ~(res <= tol)
+        if cpu:
+            n_active = int(active.sum())
+            if n_active == 0:
+                break
+            B = active.shape[0] if compact else 0
+            if compact and n_active < _COMPACT_FRACTION * B and it + 1 < n_iter:
+                idx = active.nonzero()[:, 0]
+                sub_L = Lpad[:, idx]
+                sub_it = _frame_iterate(base[:, idx], sub_L, li2[idx], lj2[idx], inv_lam[:, idx], S, live[idx],
+                                        prev[idx], iters[idx], tol, n_iter - it, cpu, compact)
+                Lpad[:, idx] = sub_L
+                iters = iters.index_put((idx,), sub_it)
+                return iters
+        prev = res
+        iters = iters + active.to(iters.dtype)
+        # Frozen trajectories (converged or stalled) get a zero update; where() keeps NaN out.
+        if not (cpu and n_active == active.numel()):
+            G = torch.where(active[..., None, None], G, 0.0)
+        Rh = (S @ G.view(N - 1, -1)).view(G.shape).mul_(inv_lam)
+        L.sub_((S @ Rh.view(N - 1, -1)).view(G.shape))
+        Y = torch.addcmul(base, li2, Lpad[:-1]).addcmul_(Lpad[1:], lj2, value=-1.0)
+    return iters
 
 
 def _residual_norm(Y: torch.Tensor) -> torch.Tensor:

@@ -118,16 +118,20 @@ def _drift(scheme, W0, T):
     return float((balancedness(state.weights) - balancedness(W0)).flatten(-3).norm(dim=-1).max())
 
 
+def _drift_problem(N):
+    """A balanced start (B = 2, d = 3) away from the target of a matrix regression."""
+    g = make_generator(2)
+    Phi = 2 * torch.randn(3, 3, dtype=DTYPE, generator=g)
+    X0 = 0.3 * torch.randn(2, 3, 3, dtype=DTYPE, generator=g) + 0.5 * torch.eye(3, dtype=DTYPE)
+    return balanced_weights(X0, N, generator=g), MatrixRegression(Phi)
+
+
 def test_rk4_conserves_balancedness_to_fourth_order():
     # RK4 does not conserve quadratic invariants exactly: the global drift of G_p at fixed T is
     # O(h^4). Measured drift(h)/drift(h/2) = 17.5, 16.6 for h = 0.05, 0.025 (-> 16). Drifts are
     # 3e-5 .. 1e-7, far above roundoff (~1e-14), so the ratio is the method's, not noise.
     N, T = 3, 1.0
-    g = make_generator(2)
-    Phi = 2 * torch.randn(3, 3, dtype=DTYPE, generator=g)
-    X0 = 0.3 * torch.randn(2, 3, 3, dtype=DTYPE, generator=g) + 0.5 * torch.eye(3, dtype=DTYPE)
-    W0 = balanced_weights(X0, N, generator=g)
-    energy = MatrixRegression(Phi)
+    W0, energy = _drift_problem(N)
     drifts = [_drift(GradientFlow(energy, h, N), W0, T) for h in (0.05, 0.025, 0.0125)]
     orders = [math.log2(a / b) for a, b in zip(drifts, drifts[1:])]
     assert all(3.8 < p < 4.2 for p in orders), (drifts, orders)
@@ -140,11 +144,7 @@ def test_gradient_descent_balancedness_drift_is_second_order_per_step():
     # STEP, drift(T) / (T/h), whose log-log slope against h must be ~2 (equivalently drift(T) has
     # slope ~1). Measured slope 2.002.
     N, T = 3, 1.0
-    g = make_generator(2)
-    Phi = 2 * torch.randn(3, 3, dtype=DTYPE, generator=g)
-    X0 = 0.3 * torch.randn(2, 3, 3, dtype=DTYPE, generator=g) + 0.5 * torch.eye(3, dtype=DTYPE)
-    W0 = balanced_weights(X0, N, generator=g)
-    energy = MatrixRegression(Phi)
+    W0, energy = _drift_problem(N)
     hs = [0.02, 0.01, 0.005, 0.0025]
     per_step = torch.tensor([_drift(GradientDescent(energy, h, N), W0, T) * h / T for h in hs], dtype=DTYPE)
     x, y = torch.log(torch.tensor(hs, dtype=DTYPE)), torch.log(per_step)
