@@ -63,8 +63,8 @@ def ks_test(samples: torch.Tensor, cdf: Callable[[torch.Tensor], torch.Tensor]) 
         raise ValueError("ks_test needs at least one sample, got an empty tensor")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"ks_test samples contain {int((~torch.isfinite(x)).sum())} non-finite values; filter them first")
-    x = x.to(torch.float64).sort().values
-    F = torch.as_tensor(cdf(x), dtype=torch.float64).reshape(-1)
+    x = x.to(torch.float64).cpu().sort().values  # a statistic, not a hot path: host is fine
+    F = torch.as_tensor(cdf(x), dtype=torch.float64).cpu().reshape(-1)
     if F.numel() != n:
         raise ValueError(f"cdf must map a tensor of shape ({n},) to one of the same shape, got {F.numel()} values")
     i = torch.arange(1, n + 1, dtype=torch.float64)

@@ -119,7 +119,7 @@ def _metric_operator_powersum(X: torch.Tensor, P: torch.Tensor, N: int) -> torch
 def _operator_matrix(X: torch.Tensor, N: int) -> torch.Tensor:
     """The d^2 x d^2 matrix of P -> A_{N,X}(P) in the basis E_kl (row-major), for one X (d, d)."""
     d = X.shape[-1]
-    basis = torch.eye(d * d, dtype=X.dtype).reshape(d * d, d, d)
+    basis = torch.eye(d * d, dtype=X.dtype, device=X.device).reshape(d * d, d, d)
     cols = torch.stack([_metric_operator_powersum(X, E, N).reshape(-1) for E in basis], dim=-1)
     return cols
 
