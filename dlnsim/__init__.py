@@ -3,7 +3,9 @@
 Theory functions (pure, batched, usable in a notebook) are exported here:
     metric_operator, metric_operator_sqrt, metric_operator_inv, metric_operator_inv_sqrt, metric,
     entropy, log_orthogonal_volume, orbit_log_volume, balanced_weights, saxe_mode, ...
-Simulation: DeepLinearNetwork, energies, dynamics.* schemes, Simulation / simulate.
+Stationary law and statistics: SingularValueLaw, gibbs_log_density, ks_test, zscore.
+Simulation: DeepLinearNetwork, energies, the schemes of dlnsim.dynamics, Simulation / simulate;
+runs from YAML: dlnsim.config, dlnsim.runner, the `dlnsim` command (dlnsim.cli).
 """
 __version__ = "0.1.0"
 
@@ -36,7 +38,18 @@ from .geometry import (  # noqa: F401
 from .network import DeepLinearNetwork, balanced_weights, balancedness, end_to_end  # noqa: F401
 from .spectral import kernel, log_kernel  # noqa: F401
 from .theory import saxe_mode, saxe_time  # noqa: F401
-from .dynamics import EndToEndFlow, GradientDescent, GradientFlow, Scheme, State  # noqa: F401
+from .dynamics import (  # noqa: F401
+    EndToEndFlow,
+    GradientDescent,
+    GradientFlow,
+    MetropolisLangevin,
+    ProjectedLangevin,
+    RiemannianLangevin,
+    Scheme,
+    State,
+    UnprojectedLangevin,
+    rle_drift,
+)
 from .observe import Observer  # noqa: F401
 from .simulation import Simulation, simulate  # noqa: F401
 from .manifold import (  # noqa: F401
@@ -46,7 +59,5 @@ from .manifold import (  # noqa: F401
     newton_projection,
     tangent_projection,
 )
-from .dynamics.langevin import MetropolisLangevin, ProjectedLangevin, UnprojectedLangevin  # noqa: F401
-from .dynamics.rle import RiemannianLangevin, rle_drift  # noqa: F401
 from .gibbs import SingularValueLaw, gibbs_log_density, singular_value_log_density  # noqa: F401
 from .stats import independent_chain_stderr, ks_test, zscore  # noqa: F401

@@ -1,11 +1,26 @@
-"""Integrators, one module per family; all follow the State/Scheme contract of `base`."""
+"""Integrators, one module per family; all follow the State/Scheme contract of `base`.
+
+gradient: GradientDescent, GradientFlow (RK4), EndToEndFlow (RK4; with beta the free-energy flow).
+langevin: ProjectedLangevin, MetropolisLangevin (on the balanced manifold), UnprojectedLangevin.
+rle:      RiemannianLangevin (the Riemannian Langevin equation for X), rle_drift, rle_drift_autograd.
+"""
 from .base import Scheme, State, rk4_step
 from .gradient import EndToEndFlow, GradientDescent, GradientFlow, parameter_gradient
+from .langevin import MetropolisLangevin, ProjectedLangevin, UnprojectedLangevin
+from .rle import RiemannianLangevin, rle_drift, rle_drift_autograd
 
-__all__ = ["Scheme", "State", "rk4_step", "GradientDescent", "GradientFlow", "EndToEndFlow", "parameter_gradient"]
-from .langevin import MetropolisLangevin, ProjectedLangevin, UnprojectedLangevin  # noqa: E402
-
-__all__ += ["ProjectedLangevin", "MetropolisLangevin", "UnprojectedLangevin"]
-from .rle import RiemannianLangevin, rle_drift, rle_drift_autograd  # noqa: E402
-
-__all__ += ["RiemannianLangevin", "rle_drift", "rle_drift_autograd"]
+__all__ = [
+    "Scheme",
+    "State",
+    "rk4_step",
+    "GradientDescent",
+    "GradientFlow",
+    "EndToEndFlow",
+    "parameter_gradient",
+    "ProjectedLangevin",
+    "MetropolisLangevin",
+    "UnprojectedLangevin",
+    "RiemannianLangevin",
+    "rle_drift",
+    "rle_drift_autograd",
+]
