@@ -44,3 +44,20 @@ def check_full_rank(s: torch.Tensor, what: str) -> None:
             f"{what} is undefined for rank-deficient X (batch index {idx}: smallest singular value "
             f"{float(s.amin(dim=-1)[idx]):.3g} <= rank tolerance); the theory needs full-rank X"
         )
+
+
+def check_square_weights(weights, what: str, min_depth: int = 1) -> int:
+    """Validate [W_1, ..., W_N] with every W_p of shape (..., d, d) and N >= min_depth; returns d."""
+    if not isinstance(weights, (list, tuple)) or len(weights) < min_depth or len(weights) == 0:
+        raise ValueError(
+            f"{what}: weights must be a list [W_1, ..., W_N] of N >= {max(min_depth, 1)} tensors (..., d, d)"
+        )
+    d = weights[0].shape[-1] if isinstance(weights[0], torch.Tensor) else None
+    for p, W in enumerate(weights, start=1):
+        check_matrix(W, f"W_{p}")
+        if W.shape[-2:] != (d, d):
+            raise ValueError(
+                f"{what} needs square widths (all W_p of shape (d, d)); W_{p} has shape "
+                f"{tuple(W.shape[-2:])} but W_1 has ({d}, {d})"
+            )
+    return d

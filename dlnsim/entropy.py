@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._checks import check_depth, check_full_rank, check_matrix
+from ._checks import check_depth, check_full_rank, check_matrix, check_square_weights
 from .spectral import dlog_kernel_ds, log_kernel
 
 __all__ = [
@@ -110,17 +110,8 @@ def orbit_log_volume(weights: list[torch.Tensor]) -> torch.Tensor:
     and its log-determinant is accumulated by block Cholesky, O(N d^6) rather than O(N^3 d^6).
     Returns -inf where the Gram matrix is singular (rank-deficient W).
     """
-    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
-        raise ValueError("weights must be a non-empty list [W_1, ..., W_N] of tensors (..., d, d)")
+    d = check_square_weights(weights, "orbit_log_volume")
     N = len(weights)
-    d = weights[0].shape[-1]
-    for p, W in enumerate(weights, start=1):
-        check_matrix(W, f"W_{p}")
-        if W.shape[-2:] != (d, d):
-            raise ValueError(
-                f"orbit_log_volume needs square widths (all W_p of shape (d, d)); W_{p} has shape "
-                f"{tuple(W.shape[-2:])} but W_1 has ({d}, {d})"
-            )
     batch = torch.broadcast_shapes(*(W.shape[:-2] for W in weights))
     const = (N - 1) * log_orthogonal_volume(d)
     W0 = weights[0]

@@ -53,7 +53,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_matrix
+from ._checks import check_square_weights
 
 __all__ = [
     "manifold_dimension",
@@ -808,15 +808,7 @@ def make_frame(W: torch.Tensor, solver: str = "frame"):
 def _stack(weights) -> torch.Tensor:
     if isinstance(weights, torch.Tensor):
         return weights
-    if not isinstance(weights, (list, tuple)) or len(weights) < 2:
-        raise ValueError("weights must be a list [W_1, ..., W_N] of N >= 2 tensors (..., d, d) (the manifold needs depth >= 2)")
-    d = weights[0].shape[-1]
-    for p, W in enumerate(weights, start=1):
-        check_matrix(W, f"W_{p}")
-        if W.shape[-2:] != (d, d):
-            raise ValueError(
-                f"the balanced manifold needs square widths: W_{p} has shape {tuple(W.shape[-2:])}, W_1 has ({d}, {d})"
-            )
+    check_square_weights(weights, "the balanced manifold (depth >= 2)", min_depth=2)
     return torch.stack(torch.broadcast_tensors(*weights), dim=-3)
 
 

@@ -260,5 +260,5 @@ def test_entropy_bad_input():
         dlnsim.entropy_grad(singular, 3)
     with pytest.raises(ValueError, match="square widths"):
         dlnsim.orbit_log_volume([torch.randn(3, 2, dtype=DTYPE), torch.randn(2, 3, dtype=DTYPE)])
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="must be a list"):
         dlnsim.orbit_log_volume([])
