@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
+from .dynamics.gradient import FLOW_METHODS
 from .observe import OBSERVABLES
 
 __all__ = [
@@ -64,6 +65,7 @@ SCHEMES = (
 )
 STOCHASTIC_SCHEMES = ("langevin_projected", "langevin_metropolis", "langevin_unprojected", "rle")
 END_TO_END_SCHEMES = ("end_to_end_flow", "free_energy_flow", "rle")
+FLOW_SCHEMES = ("gradient_flow", "end_to_end_flow", "free_energy_flow")
 INITS = ("balanced", "gaussian", "orthogonal", "identity", "file")
 ENERGIES = ("matrix_regression", "linear_regression", "matrix_completion", "weight_decay")
 OBSERVABLE_NAMES = OBSERVABLES
@@ -369,7 +371,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                         Choice(("none", "depth"))),
         "theory": O("auto", "integrate the end-to-end flow alongside (reference_* arrays): auto (deterministic parameter schemes, square widths) | true | false",
                     Choice(("auto", "true", "false"))),
-        "options": O({}, "extra keyword options of the scheme class (e.g. Langevin safeguards)", Mapping()),
+        "options": O({}, "extra keyword options of the scheme class: Langevin safeguards; for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step)", Mapping()),
     },
     "observers": {
         "every": O(None, "save every k steps (null: about 200 save points)", Int(ge=1, nullable=True)),
@@ -642,7 +644,9 @@ def _resolve(c: dict) -> None:
         _fail("dynamics.time_scale", f"'depth' applies to end-to-end schemes ({', '.join(END_TO_END_SCHEMES)}), not {scheme!r}")
     if dyn["theory"] == "true" and not (scheme in ("gradient_descent", "gradient_flow") and square):
         _fail("dynamics.theory", f"the end-to-end reference flow runs alongside deterministic parameter schemes with square widths (scheme {scheme!r}, widths {widths}); use auto or false")
-    if dyn["options"] and scheme not in STOCHASTIC_SCHEMES:
+    if scheme in FLOW_SCHEMES:
+        dyn["options"] = _flow_options(dyn["options"], scheme)
+    elif dyn["options"] and scheme not in STOCHASTIC_SCHEMES:
         _fail("dynamics.options", f"scheme {scheme!r} takes no options, got {sorted(dyn['options'])}")
 
     # --- observers ------------------------------------------------------------------------
@@ -696,6 +700,20 @@ def _check_data_file(path: str, d_in: int, d_out: int) -> None:
         _fail("energy.data", f"cannot read {path}: {str(e).splitlines()[0]}")
     if A.ndim != 2 or Y.ndim != 2 or A.shape[0] != d_in or Y.shape[0] != d_out or A.shape[1] != Y.shape[1]:
         _fail("energy.data", f"inputs {A.shape} and outputs {Y.shape} must be ({d_in}, n) and ({d_out}, n) for the network widths")
+
+
+def _flow_options(opts: dict, scheme: str) -> dict:
+    """dynamics.options of the deterministic flows: method (rk4 | dopri5) and dopri5's rtol, atol, max_substeps."""
+    checks = {"method": Choice(FLOW_METHODS), "rtol": Num(gt=0), "atol": Num(gt=0), "max_substeps": Int(ge=1)}
+    out = {}
+    for k, v in opts.items():
+        if k not in checks:
+            _fail(f"dynamics.options.{k}", f"unknown option of scheme {scheme!r}; {_did_you_mean(k, checks)}")
+        out[k] = checks[k](v, f"dynamics.options.{k}")
+    extra = sorted(k for k in out if k != "method")
+    if extra and out.get("method", "rk4") != "dopri5":
+        _fail("dynamics.options", f"{', '.join(extra)} apply to method: dopri5 only; add method: dopri5 or remove them")
+    return out
 
 
 def reference_yaml() -> str:

@@ -229,12 +229,13 @@ def build_scheme(cfg: dict, energy: Energy, generator: torch.Generator | None = 
         beta = beta_of(cfg, *_device_dtype(cfg))
     if name == "gradient_descent":
         return GradientDescent(energy, h, N)
+    flow = dict(dyn["options"])  # method/rtol/atol/max_substeps, validated by config._flow_options
     if name == "gradient_flow":
-        return GradientFlow(energy, h, N)
+        return GradientFlow(energy, h, N, **flow)
     if name == "end_to_end_flow":
-        return EndToEndFlow(energy, h, N, time_scale=dyn["time_scale"])
+        return EndToEndFlow(energy, h, N, time_scale=dyn["time_scale"], **flow)
     if name == "free_energy_flow":
-        return EndToEndFlow(energy, h, N, time_scale=dyn["time_scale"], beta=beta)
+        return EndToEndFlow(energy, h, N, time_scale=dyn["time_scale"], beta=beta, **flow)
     module, cls_name = _LAZY_SCHEMES[name]
     try:
         cls = getattr(importlib.import_module(module), cls_name)
@@ -370,7 +371,9 @@ class _Driver:
         self.beta = beta_of(cfg, self.device, self.dtype)
         self.scheme = build_scheme(cfg, self.energy, self.generator, self.beta)
         self.observer = build_observer(cfg, self.energy, self.scheme, self.beta)
-        self.ref_scheme = EndToEndFlow(self.energy, cfg["dynamics"]["step_size"], cfg["network"]["depth"]) if _wants_reference(cfg) else None
+        # the reference flow of an adaptive gradient flow is integrated to the same tolerances
+        ref_opts = dict(cfg["dynamics"]["options"]) if cfg["dynamics"]["scheme"] == "gradient_flow" else {}
+        self.ref_scheme = EndToEndFlow(self.energy, cfg["dynamics"]["step_size"], cfg["network"]["depth"], **ref_opts) if _wants_reference(cfg) else None
         self.records: list[dict[str, torch.Tensor]] = []
         self.times: list[float] = []
         self.steps: list[int] = []

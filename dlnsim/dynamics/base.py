@@ -14,7 +14,7 @@ import torch
 from ..energies import Energy
 from ..network import end_to_end
 
-__all__ = ["State", "Scheme", "rk4_step"]
+__all__ = ["State", "Scheme", "rk4_step", "dopri5_advance"]
 
 
 @dataclass
@@ -128,3 +128,130 @@ def rk4_step(f, y, h: float):
     k3 = f(add(y, k2, 0.5 * h))
     k4 = f(add(y, k3, h))
     return [yi + (h / 6.0) * (a + 2 * b + 2 * c + d) for yi, a, b, c, d in zip(y, k1, k2, k3, k4)]
+
+
+# Dormand-Prince 5(4) tableau (Dormand & Prince 1980; Hairer, Norsett & Wanner, Table II.5.2).
+# The 7th stage is evaluated at the accepted 5th-order solution and is the next step's first
+# stage (FSAL): 6 evaluations of f per attempted step.
+_DP_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+)
+_DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
+# b(5th order) - b(4th order); the 7th (FSAL) stage enters the error only.
+_DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+_SAFETY, _FAC_MIN, _FAC_MAX = 0.9, 0.2, 5.0
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) in like's dtype, to scale a batch-first tensor trajectory-wise."""
+    return v.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _mask(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return m.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _combine(y: list[torch.Tensor], h: torch.Tensor, coeffs, ks) -> list[torch.Tensor]:
+    """[y_i + h * sum_j c_j k_j,i], with h (B,) a per-trajectory step."""
+    out = []
+    for i, yi in enumerate(y):
+        acc = None
+        for c, k in zip(coeffs, ks):
+            if c != 0.0:
+                acc = c * k[i] if acc is None else acc + c * k[i]
+        out.append(yi if acc is None else yi + _bcast(h, yi) * acc)
+    return out
+
+
+def _rms(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Root mean square over all entries of each trajectory of a list of batch-first tensors: (B,)."""
+    total = sum(p.reshape(p.shape[0], -1).square().sum(-1) for p in parts)
+    n = sum(p[0].numel() for p in parts)
+    return (total / n).to(torch.float64).sqrt()
+
+
+def _initial_step(f, y, f0, t_span, rtol, atol) -> torch.Tensor:
+    """Per-trajectory starting step (Hairer, Norsett & Wanner, section II.4, order 5): (B,) float64."""
+    sc = [atol + rtol * yi.abs() for yi in y]
+    d0 = _rms([yi / s for yi, s in zip(y, sc)])
+    d1 = _rms([fi / s for fi, s in zip(f0, sc)])
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    h0 = torch.minimum(h0, torch.full_like(h0, t_span))
+    f1 = f(_combine(y, h0, (1.0,), (f0,)))
+    d2 = _rms([(a - b) / s for a, b, s in zip(f1, f0, sc)]) / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3), (0.01 / dmax) ** 0.2)
+    return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, t_span))
+
+
+def dopri5_advance(f, y, t_span: float, h0=None, rtol: float = 1e-9, atol: float = 1e-12, max_substeps: int = 10000):
+    """Advance every trajectory of y' = f(y) from t to t + t_span exactly, by adaptive Dormand-Prince 5(4).
+
+    y: a tensor or a list of tensors, batch dim B first; f maps y to a like-shaped velocity and must
+    act trajectory-wise (row b of f(y) depends on row b of y only). Every trajectory has its own step
+    size and error norm  ||err||_b = rms over b's entries of err / (atol + rtol max(|y|, |y_new|)),
+    accepts or rejects its own step (torch.where masks), and stops on t + t_span exactly (the last
+    step is clipped). The whole batch is always passed to f (a finished or rejecting trajectory
+    takes a zero or repeated step): energies with batch data and (B,) parameters such as beta keep
+    their shapes. Step control: h <- h min(5, max(0.2, 0.9 ||err||^(-1/5))), no growth right after
+    a rejection. h0: float, (B,) tensor, or None for the standard starting-step heuristic (one
+    extra evaluation of f).
+
+    Host syncs: one per substep (are all trajectories done?) -- the loop length is data dependent.
+    Raises ValueError after max_substeps attempted substeps (rtol/atol too tight, or the flow
+    diverged: a NaN error rejects forever).
+    Returns (y_end like y, n_substeps (B,) accepted substeps, n_rejected (B,) rejected substeps).
+    """
+    single = isinstance(y, torch.Tensor)
+    ys = [y] if single else list(y)
+    fl = (lambda v: [f(v[0])]) if single else (lambda v: list(f(v)))  # noqa: E731
+    B, dev = ys[0].shape[0], ys[0].device
+    t_span = float(t_span)
+    k1 = fl(ys)
+    if h0 is None:
+        h = _initial_step(fl, ys, k1, t_span, rtol, atol)
+    else:
+        h = torch.as_tensor(h0, dtype=torch.float64, device=dev).expand(B).clone()
+    tau = torch.zeros(B, dtype=torch.float64, device=dev)
+    n_acc = torch.zeros(B, dtype=torch.long, device=dev)
+    n_rej = torch.zeros(B, dtype=torch.long, device=dev)
+    just_rejected = torch.zeros(B, dtype=torch.bool, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    for _ in range(int(max_substeps)):
+        rem = t_span - tau
+        last = h >= rem
+        # finished trajectories take a zero step: their y, k1 and counters stay as they are
+        h_eff = torch.where(done, torch.zeros_like(h), torch.minimum(h, rem))
+        ks = [k1]
+        for a in _DP_A[1:]:
+            ks.append(fl(_combine(ys, h_eff, a, ks)))
+        y_new = _combine(ys, h_eff, _DP_B, ks)
+        k7 = fl(y_new)
+        err = _combine([torch.zeros_like(yi) for yi in ys], h_eff, _DP_E, ks + [k7])
+        norm = _rms([e / (atol + rtol * torch.maximum(yi.abs(), yn.abs())) for e, yi, yn in zip(err, ys, y_new)])
+        accept = (norm <= 1.0) & ~done
+        reject = ~accept & ~done
+        fac = (_SAFETY * norm.pow(-0.2)).clamp(_FAC_MIN, _FAC_MAX)  # NaN norm -> NaN h -> rejects until max_substeps
+        fac = torch.where(accept & just_rejected, fac.clamp(max=1.0), fac)
+        h_next = h_eff * fac
+        # a step clipped to land on t + t_span says nothing against the unclipped proposal
+        h_next = torch.where(accept & last, torch.maximum(h_next, h), h_next)
+        ys = [torch.where(_mask(accept, yi), yn, yi) for yi, yn in zip(ys, y_new)]
+        k1 = [torch.where(_mask(accept, a), b, a) for a, b in zip(k1, k7)]
+        tau = torch.where(accept, torch.where(last, torch.full_like(tau, t_span), tau + h_eff), tau)
+        h = torch.where(done, h, h_next)
+        n_acc += accept.long()
+        n_rej += reject.long()
+        just_rejected = torch.where(done, just_rejected, reject)
+        done = done | (accept & last)
+        if bool(done.all()):  # the one host sync per substep
+            return (ys[0] if single else ys), n_acc, n_rej
+    raise ValueError(
+        f"dopri5: {int((~done).sum())} of {B} trajectories did not reach t + {t_span:g} in {max_substeps} substeps; "
+        f"rtol={rtol:g}/atol={atol:g} are too tight for this step_size, or the flow diverged (raise max_substeps or the tolerances)"
+    )

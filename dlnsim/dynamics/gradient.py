@@ -1,12 +1,16 @@
 """Deterministic gradient dynamics: in parameter space, and the Riemannian flow of X.
 
 - GradientDescent:  W_p <- W_p - h dL/dW_p  (explicit Euler; balancedness drifts O(h^2) per step).
-- GradientFlow:     dW_p/dt = -dL/dW_p by classical RK4 (conserves G_p to O(h^4) per unit time).
+- GradientFlow:     dW_p/dt = -dL/dW_p by classical RK4 (conserves G_p to O(h^4) per unit time), or
+                    with method="dopri5" by adaptive Dormand-Prince 5(4) between the points of the
+                    h-grid (local error per substep ~ rtol; see `dopri5_advance`).
 - EndToEndFlow:     dX/dt = -A_{N,X}(grad E(X)) [+ beta^{-1} A_{N,X}(grad S(X))] by RK4: the image of
                     the parameter flow on the balanced manifold (THEORY.md section 3), and with
                     `beta` the noise-free free-energy flow -A(grad F), F = E - S/beta (section 5;
                     Chen, Kotwal & Menon 2512.06137).
 Parameter gradients are the hand-written prefix/suffix products of `dlnsim.network`.
+The flows take method="rk4" (default, fixed step h) or "dopri5" (one `step` advances exactly by h
+adaptively; per-trajectory counters "substeps" and "rejected_substeps" in state.stats).
 """
 from __future__ import annotations
 
@@ -16,11 +20,49 @@ from ..energies import Energy, LinearRegression, MatrixCompletion, MatrixRegress
 from ..entropy import entropy_grad_singular_values
 from ..geometry import SpectralFrame
 from ..network import gradient_from_end_to_end, prefix_products
-from .base import Scheme, State, rk4_step
+from .base import Scheme, State, dopri5_advance, rk4_step
 
-__all__ = ["parameter_gradient", "descent_update", "GradientDescent", "GradientFlow", "EndToEndFlow", "TIME_SCALES"]
+__all__ = ["parameter_gradient", "descent_update", "GradientDescent", "GradientFlow", "EndToEndFlow", "TIME_SCALES", "FLOW_METHODS"]
 
 TIME_SCALES = ("none", "depth")
+FLOW_METHODS = ("rk4", "dopri5")
+_DEFAULT_RTOL, _DEFAULT_ATOL, _DEFAULT_MAX_SUBSTEPS = 1e-9, 1e-12, 10000
+_ADAPTIVE_STATS = ("substeps", "rejected_substeps")
+
+
+class _FlowIntegrator:
+    """The time integrator of a deterministic flow: fixed-step RK4 or adaptive DOPRI5 over each step.
+
+    rtol/atol (default 1e-9/1e-12) and max_substeps (default 10000, per step) apply to dopri5
+    only; giving them with rk4 is an error rather than silently ignored. With dopri5 each step
+    starts from the standard starting-step heuristic (no step size carried between steps), so a
+    step is a pure function of the state: checkpoint/resume and batch composition cannot change it.
+    """
+
+    def _set_method(self, method, rtol, atol, max_substeps) -> None:
+        if method not in FLOW_METHODS:
+            raise ValueError(f"method must be one of {FLOW_METHODS}, got {method!r}")
+        if method == "rk4" and (rtol, atol, max_substeps) != (None, None, None):
+            raise ValueError("rtol, atol and max_substeps apply to method='dopri5' only; set method='dopri5' or drop them")
+        for name, v in (("rtol", rtol), ("atol", atol)):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if max_substeps is not None and not (isinstance(max_substeps, int) and not isinstance(max_substeps, bool) and max_substeps >= 1):
+            raise ValueError(f"max_substeps must be a positive integer, got {max_substeps!r}")
+        self.method = method
+        self.rtol = float(_DEFAULT_RTOL if rtol is None else rtol)
+        self.atol = float(_DEFAULT_ATOL if atol is None else atol)
+        self.max_substeps = _DEFAULT_MAX_SUBSTEPS if max_substeps is None else max_substeps
+        if method == "dopri5":
+            self.stat_names = type(self).stat_names + _ADAPTIVE_STATS
+
+    def _advance(self, f, y, state: State):
+        if self.method == "rk4":
+            return rk4_step(f, y, self.step_size)
+        y, n, r = dopri5_advance(f, y, self.step_size, None, self.rtol, self.atol, self.max_substeps)
+        for k, v in zip(_ADAPTIVE_STATS, (n, r)):
+            state.stats[k] = state.stats[k] + v.to(state.stats[k].dtype)
+        return y
 
 
 def parameter_gradient(weights: list[torch.Tensor], energy: Energy) -> list[torch.Tensor]:
@@ -127,21 +169,28 @@ class GradientDescent(Scheme):
         return state
 
 
-class GradientFlow(Scheme):
-    """dW_p/dt = -dL/dW_p, integrated by RK4 with fixed step h (global error O(h^4))."""
+class GradientFlow(_FlowIntegrator, Scheme):
+    """dW_p/dt = -dL/dW_p, by RK4 with fixed step h (global error O(h^4)), or method="dopri5":
+    adaptive Dormand-Prince 5(4) to rtol/atol between the points of the h-grid."""
 
     name = "gradient_flow"
 
+    def __init__(self, energy: Energy, step_size: float, depth: int, *, method: str = "rk4",
+                 rtol: float | None = None, atol: float | None = None, max_substeps: int | None = None):
+        super().__init__(energy, step_size, depth)
+        self._set_method(method, rtol, atol, max_substeps)
+
     def step(self, state: State) -> State:
         f = lambda ws: [-g for g in parameter_gradient(ws, self.energy)]  # noqa: E731
-        state.weights = rk4_step(f, state.weights, self.step_size)
+        state.weights = self._advance(f, state.weights, state)
         state.t += self.step_size
         state.step += 1
         return state
 
 
-class EndToEndFlow(Scheme):
-    """dX/dt = -c A_{N,X}(grad E(X)) + (c/beta) A_{N,X}(grad S(X)) by RK4; X (B, d, d) or (B, d_out, d_in).
+class EndToEndFlow(_FlowIntegrator, Scheme):
+    """dX/dt = -c A_{N,X}(grad E(X)) + (c/beta) A_{N,X}(grad S(X)) by RK4 (or method="dopri5", as
+    GradientFlow); X (B, d, d) or (B, d_out, d_in).
 
     time_scale: "none" (c = 1, THEORY's default) or "depth" (c = 1/N, the normalisation of Cohen,
     Menon & Veraszto, which has a limit as N -> infinity). beta: None for the gradient flow of E;
@@ -151,8 +200,10 @@ class EndToEndFlow(Scheme):
     name = "end_to_end_flow"
     space = "end_to_end"
 
-    def __init__(self, energy: Energy, step_size: float, depth: int, time_scale: str = "none", beta=None):
+    def __init__(self, energy: Energy, step_size: float, depth: int, time_scale: str = "none", beta=None, *,
+                 method: str = "rk4", rtol: float | None = None, atol: float | None = None, max_substeps: int | None = None):
         super().__init__(energy, step_size, depth)
+        self._set_method(method, rtol, atol, max_substeps)
         if time_scale not in TIME_SCALES:
             raise ValueError(f"time_scale must be one of {TIME_SCALES}, got {time_scale!r}")
         self.scale = 1.0 if time_scale == "none" else 1.0 / self.depth
@@ -171,7 +222,7 @@ class EndToEndFlow(Scheme):
         return self.scale * frame.apply(P, 1.0)
 
     def step(self, state: State) -> State:
-        state.X = rk4_step(self.velocity, state.X, self.step_size)
+        state.X = self._advance(self.velocity, state.X, state)
         state.t += self.step_size
         state.step += 1
         return state
