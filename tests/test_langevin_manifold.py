@@ -38,7 +38,7 @@ def _law_moments(law):
 
 
 @pytest.mark.parametrize(
-    "d,N", [(1, 2), (1, 3), (2, 2), (2, 3), pytest.param(3, 2, marks=pytest.mark.slow), pytest.param(2, 4, marks=pytest.mark.slow)]
+    "d,N", [(1, 2), (1, 3), (2, 2), (2, 3), pytest.param(3, 2, marks=pytest.mark.slow)]
 )
 def test_metropolis_chains_sample_the_gibbs_law(d, N):
     """E = alpha/2 ||X||^2: moments within 4 s.e. of SingularValueLaw, KS p > 1e-3, wrong law rejected.
@@ -77,7 +77,7 @@ def test_metropolis_chains_sample_the_gibbs_law(d, N):
     assert float(z_wrong.abs().max()) > 10 and p_wrong < 1e-6, (z_wrong.tolist(), p_wrong)
     st = state.stats
     acc = float(st["accepted"].sum() / st["proposals"].sum())
-    assert acc > 0.5, acc  # the chain moves; h = 0.1: measured 0.58 (d = 2, N = 4), 0.70 (d = 2, N = 3) to 0.98 (d = 1)
+    assert acc > 0.6, acc  # h = 0.1: measured 0.70 (d = 2, N = 3) to 0.98 (d = 1)
     assert float(st["projection_failures"].sum() / st["proposals"].sum()) < 0.05
     ok, reason = check_point_on_manifold(state.weights, atol=1e-9)
     assert ok, reason
