@@ -94,7 +94,11 @@ def _cmd_run(args) -> int:
     else:
         if not args.config:
             return _error("run needs a CONFIG file (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.overrides)
+        overrides = list(args.overrides or ())
+        if overrides and not any(o.split("=", 1)[0].strip() == "output.showcase" for o in overrides):
+            # A modified run is not the showcase: keep the curated figure unless asked explicitly.
+            overrides.append(("output.showcase", None))
+        cfg = load_config(args.config, overrides)
         out = run(cfg, args.out, quiet=args.quiet)
     if out.status in ("failed", "diverged") and out.message:
         print(f"dlnsim: error: {out.message} ({out.run_dir})", file=sys.stderr)

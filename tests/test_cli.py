@@ -190,6 +190,18 @@ def test_out_folder_is_never_overwritten(tmp_path, capsys):
     assert len(names) == 2 and all(n.startswith("tiny-") for n in names)
 
 
+def test_overridden_runs_leave_the_showcase_figure_alone(tmp_path):
+    # A config's output.showcase names a curated figure; a run modified with --set is not that
+    # showcase, so it must not overwrite the figure unless output.showcase is set explicitly.
+    showcase = tmp_path / "showcase.png"
+    cfg = write_yaml(tmp_path / "tiny.yaml", dict(TINY, dynamics=dict(TINY["dynamics"], steps=5),
+                                                 output={"showcase": str(showcase), "formats": ["png"]}))
+    assert cli.main(["run", cfg, "--quiet", "--set", f"output.dir={tmp_path / 'a'}", "--set", "dynamics.seed=5"]) == 0
+    assert not showcase.exists()
+    assert cli.main(["run", cfg, "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert showcase.exists()
+
+
 def test_validate_prints_the_resolved_run(tmp_path, capsys):
     cfg = write_yaml(tmp_path / "tiny.yaml", TINY)
     assert cli.main(["validate", cfg]) == 0
