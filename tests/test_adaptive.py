@@ -117,7 +117,7 @@ def test_dopri5_parameter_flow_matches_end_to_end_flow():
     a = _run(GradientFlow(energy, h, N, method="dopri5", rtol=1e-10), 10, weights=W0)
     b = _run(EndToEndFlow(energy, h, N, method="dopri5", rtol=1e-10), 10, X=X0)
     assert float((b.X - X0).norm()) > 0.5  # a real trajectory
-    assert rel_err(a.end_to_end(), b.X) < 1e-8
+    assert rel_err(a.end_to_end(), b.X) < 1e-9  # 10 rtol: each flow has global error ~ rtol (measured 8e-12)
     assert set(b.stats) == {"substeps", "rejected_substeps"}
 
 
