@@ -68,7 +68,6 @@ END_TO_END_SCHEMES = ("end_to_end_flow", "free_energy_flow", "rle")
 FLOW_SCHEMES = ("gradient_flow", "end_to_end_flow", "free_energy_flow")
 INITS = ("balanced", "gaussian", "orthogonal", "identity", "file")
 ENERGIES = ("matrix_regression", "linear_regression", "matrix_completion", "weight_decay")
-OBSERVABLE_NAMES = OBSERVABLES
 FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion")
 # Gram matrices of the measured entropy have (N-1) d(d-1)/2 rows; above this, "auto" skips them.
 ENTROPY_MEASURED_AUTO_MAX = 60
@@ -325,7 +324,6 @@ class Option:
 
 
 O = Option
-POS = "a positive number"
 SCHEMA: dict[str, dict[str, Option]] = {
     "network": {
         "widths": O(None, "[d_0, ..., d_N] (input first); null: depth+1 copies of width", Widths()),
@@ -375,8 +373,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
     },
     "observers": {
         "every": O(None, "save every k steps (null: about 200 save points)", Int(ge=1, nullable=True)),
-        "include": O(None, "observables to record (null: all that apply, except X; loss is always recorded): " + ", ".join(OBSERVABLE_NAMES),
-                     NameList(OBSERVABLE_NAMES)),
+        "include": O(None, "observables to record (null: all that apply, except X; loss is always recorded): " + ", ".join(OBSERVABLES),
+                     NameList(OBSERVABLES)),
         "entropy_measured": O("auto", f"record S_measured (Gram determinant): auto (when (N-1)d(d-1)/2 <= {ENTROPY_MEASURED_AUTO_MAX}) | true | false; overrides include",
                               Choice(("auto", "true", "false"))),
     },

@@ -110,6 +110,9 @@ class LinearRegression(Energy):
         val = 0.5 * (XS * X).sum(dim=(-2, -1)) - (X * self.cross).sum(dim=(-2, -1)) + self.const
         return val, G
 
+    def grad(self, X):
+        return X @ self.sigma - self.cross
+
 
 class MatrixCompletion(Energy):
     """E(X) = 1/2 ||mask o (X - Phi)||_F^2, grad = mask o (X - Phi) (mask of 0/1 or weights)."""
@@ -175,6 +178,9 @@ class SumEnergy(Energy):
     def value_and_grad(self, X):
         vals, grads = zip(*(t.value_and_grad(X) for t in self.terms))
         return sum(vals), sum(grads)
+
+    def grad(self, X):
+        return sum(t.grad(X) for t in self.terms)
 
     def to(self, dtype=None, device=None):
         for t in self.terms:

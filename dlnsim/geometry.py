@@ -129,8 +129,8 @@ def horizontal_lift(weights: list[torch.Tensor], Z: torch.Tensor) -> list[torch.
     Returns [V_1, ..., V_N]; on the balanced manifold ||V||^2 = g^N(X)(Z, Z) and
     d/dt phi(W + t V) = Z (phi is a Riemannian submersion).
     """
-    from .network import end_to_end, gradient_from_end_to_end
+    from .network import gradient_from_end_to_end, prefix_products
 
-    X = end_to_end(weights)
-    Y = metric_operator_inv(X, Z, len(weights))
-    return gradient_from_end_to_end(weights, Y)
+    prefixes = prefix_products(weights)  # X is the last one; the lift reuses the rest
+    Y = metric_operator_inv(prefixes[-1], Z, len(weights))
+    return gradient_from_end_to_end(weights, Y, prefixes)

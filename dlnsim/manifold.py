@@ -53,7 +53,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_square_weights
+from ._checks import check_square_weights, rank_tolerance
 
 __all__ = [
     "manifold_dimension",
@@ -612,17 +612,6 @@ class BalancedFrame:
         L = torch.cat([zero, L, zero], dim=-3)
         return 2.0 * (self.Xt @ L[..., :-1, :, :] - L[..., 1:, :, :] @ self.Xt)
 
-    def vjp_canonical(self, L: torch.Tensor) -> torch.Tensor:
-        """J^T L at Xt = diag(l) exactly: 2 (l_i L_{p-1,ij} - L_{p,ij} l_j), elementwise (no matmul)."""
-        zero = torch.zeros_like(L[..., :1, :, :])
-        L = torch.cat([zero, L, zero], dim=-3)
-        l = self.l[..., None, :, None]
-        return 2.0 * (l * L[..., :-1, :, :] - L[..., 1:, :, :] * l.mT)
-
-    def residual_t(self, Y: torch.Tensor) -> torch.Tensor:
-        """G_p(Y) in frame coordinates, (..., N-1, d, d), for Y in frame coordinates."""
-        return Y[..., 1:, :, :].mT @ Y[..., 1:, :, :] - Y[..., :-1, :, :] @ Y[..., :-1, :, :].mT
-
     def solve_canonical(self, R: torch.Tensor) -> torch.Tensor:
         """(J J^T)^{-1} R at Xt = diag(l) exactly: sine transform in p, divide, transform back."""
         # S is symmetric; mixing over the layer axis as one matmul on (..., N-1, d*d) (no permute copies).
@@ -925,27 +914,30 @@ def check_point_on_manifold(weights, atol: float = 1e-8, rtol: float = 1e-10) ->
     tol = atol + rtol * scale
     bad = G > tol[..., None]
     if bool(bad.any()):
-        idx = bad.nonzero()[0]
-        p = int(idx[-1]) + 1
+        idx, p, where = _first_offender(bad)
         err = float(G[tuple(idx)])
-        where = "" if idx.numel() == 1 else f" (batch index {tuple(int(i) for i in idx[:-1])})"
         return False, (
             f"W_{p + 1}^T W_{p + 1} != W_{p} W_{p}^T: ||G_{p}||_F = {err:.3g} > tolerance "
             f"{float(tol[tuple(idx[:-1])]):.3g}{where}"
         )
     s = torch.linalg.svdvals(W)
     smin = s.amin(dim=-1)
-    rank_tol = W.shape[-1] * torch.finfo(W.dtype).eps * s.amax(dim=-1)
-    bad = smin <= rank_tol
+    bad = smin <= rank_tolerance(s)
     if bool(bad.any()):
-        idx = bad.nonzero()[0]
-        p = int(idx[-1]) + 1
-        where = "" if idx.numel() == 1 else f" (batch index {tuple(int(i) for i in idx[:-1])})"
+        idx, p, where = _first_offender(bad)
         return False, (
             f"W_{p} is rank-deficient (smallest singular value {float(smin[tuple(idx)]):.3g}): M consists of "
             f"full-rank points{where}"
         )
     return True, None
+
+
+def _first_offender(bad: torch.Tensor):
+    """For a (..., N-1 or N) mask of failing layers: the first failing index, its layer number p
+    (1-based) and a ' (batch index ...)' phrase for messages."""
+    idx = bad.nonzero()[0]
+    where = "" if idx.numel() == 1 else f" (batch index {tuple(int(i) for i in idx[:-1])})"
+    return idx, int(idx[-1]) + 1, where
 
 
 def check_vector_on_tangent(weights, V, atol: float = 1e-8, rtol: float = 1e-10) -> tuple[bool, str | None]:
@@ -963,9 +955,7 @@ def check_vector_on_tangent(weights, V, atol: float = 1e-8, rtol: float = 1e-10)
     tol = atol + rtol * scale
     bad = dG > tol[..., None]
     if bool(bad.any()):
-        idx = bad.nonzero()[0]
-        p = int(idx[-1]) + 1
-        where = "" if idx.numel() == 1 else f" (batch index {tuple(int(i) for i in idx[:-1])})"
+        idx, p, where = _first_offender(bad)
         return False, (
             f"V is not tangent to M: its derivative of G_{p} has norm {float(dG[tuple(idx)]):.3g} > "
             f"tolerance {float(tol[tuple(idx[:-1])]):.3g}{where}"

@@ -130,17 +130,22 @@ def _fig_singular_values(cfg, a, ax=None):
         return fig
 
 
+def _finish(fig, ax, cfg, ylabel: str):
+    """The common ending of a one-panel time plot: axis labels, the run's title, the legend."""
+    ax.set_xlabel("time $t$")
+    ax.set_ylabel(ylabel)
+    ax.set_title(_title(cfg))
+    ax.legend()
+    return fig
+
+
 def _fig_loss(cfg, a):
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for gi, (glabel, idx) in enumerate(_groups(a)):
         band(ax, a["t"], a["loss"][:, idx], COLORS[gi % len(COLORS)], glabel or "$E(X(t))$")
     if np.all(a["loss"] > 0):
         ax.set_yscale("log")
-    ax.set_xlabel("time $t$")
-    ax.set_ylabel("loss $E(X)$")
-    ax.set_title(_title(cfg))
-    ax.legend()
-    return fig
+    return _finish(fig, ax, cfg, "loss $E(X)$")
 
 
 def _fig_balancedness(cfg, a):
@@ -149,11 +154,7 @@ def _fig_balancedness(cfg, a):
     for gi, (glabel, idx) in enumerate(_groups(a)):
         band(ax, a["t"][1:], _positive(drift[1:, idx]), COLORS[gi % len(COLORS)], glabel or r"$\max_p\|G_p(t)-G_p(0)\|_F$")
     ax.set_yscale("log")
-    ax.set_xlabel("time $t$")
-    ax.set_ylabel(r"balancedness drift $\max_p \|G_p(t) - G_p(0)\|_F$")
-    ax.set_title(_title(cfg))
-    ax.legend()
-    return fig
+    return _finish(fig, ax, cfg, r"balancedness drift $\max_p \|G_p(t) - G_p(0)\|_F$")
 
 
 def _fig_entropy(cfg, a):
@@ -165,11 +166,7 @@ def _fig_entropy(cfg, a):
             sub = max(1, len(a["t"]) // 25)
             med = np.nanmedian(np.where(np.isfinite(a["entropy_measured"]), a["entropy_measured"], np.nan)[:, idx], axis=1)
             ax.plot(a["t"][::sub], med[::sub], "o", color=c, mfc="none", ms=4, label=rf"$S_{{measured}}(W)$ {glabel}")
-    ax.set_xlabel("time $t$")
-    ax.set_ylabel("entropy $S$ (log-volume of the orbit)")
-    ax.set_title(_title(cfg))
-    ax.legend()
-    return fig
+    return _finish(fig, ax, cfg, "entropy $S$ (log-volume of the orbit)")
 
 
 def _fig_thermo(cfg, a):
@@ -189,7 +186,8 @@ def _fig_thermo(cfg, a):
     return fig
 
 
-def _stationary_ok(cfg) -> bool:
+def gibbs_setting(cfg) -> bool:
+    """Does the run sample a Gibbs law we can draw: Langevin/RLE, E = alpha/2 ||X||^2, square d <= 3?"""
     from .config import STOCHASTIC_SCHEMES
 
     w = cfg["network"]["widths"]
@@ -270,7 +268,7 @@ def plot_run(run_dir: str, formats=("png", "pdf")) -> list[str]:
         if "entropy_formula" in a:
             out += _save(_fig_entropy(cfg, a), run_dir, "entropy", formats)
             out += _save(_fig_thermo(cfg, a), run_dir, "thermodynamics", formats)
-        if _stationary_ok(cfg) and "singular_values" in a:
+        if gibbs_setting(cfg) and "singular_values" in a:
             out += _save(_fig_stationary(cfg, a), run_dir, "stationary", formats)
         return out
 

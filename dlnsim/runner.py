@@ -44,7 +44,7 @@ from .dynamics.base import Scheme, State
 from .dynamics.gradient import EndToEndFlow, GradientDescent, GradientFlow
 from .energies import Energy, LinearRegression, MatrixCompletion, MatrixRegression, WeightDecay
 from .network import DeepLinearNetwork, random_orthogonal
-from .observe import Observer
+from .observe import OBSERVABLES, Observer
 
 __all__ = [
     "Outcome",
@@ -199,8 +199,7 @@ def _initial_X(cfg: dict, B: int, generator, device, dtype) -> torch.Tensor | No
         return net["scale"] * torch.randn(B, d, d, generator=generator, dtype=dtype, device=device) / math.sqrt(d)
     if t == "aligned":
         U, lam, Vh = torch.linalg.svd(energy_target(cfg))
-        u0 = torch.full((d,), net["scale"], dtype=torch.float64) if net["spectrum"] is None else torch.tensor(net["spectrum"], dtype=torch.float64)
-        return ((U * u0) @ Vh).to(dtype=dtype, device=device)
+        return ((U * initial_spectrum(cfg)) @ Vh).to(dtype=dtype, device=device)
     return torch.tensor(t, dtype=dtype, device=device)
 
 
@@ -253,9 +252,8 @@ def build_scheme(cfg: dict, energy: Energy, generator: torch.Generator | None = 
 
 def _include(cfg: dict, scheme: Scheme) -> list[str]:
     obs, widths = cfg["observers"], cfg["network"]["widths"]
-    include = list(obs["include"]) if obs["include"] is not None else [
-        "loss", "singular_values", "balancedness", "entropy_formula", "entropy_measured", "free_energy", "reference_distance"
-    ]
+    # default: every observable but X itself (T x B x d^2 numbers)
+    include = list(obs["include"]) if obs["include"] is not None else [k for k in OBSERVABLES if k != "X"]
     d, N = widths[0], len(widths) - 1
     square = all(w == d for w in widths)
     want = obs["entropy_measured"]
@@ -283,18 +281,32 @@ def _wants_reference(cfg: dict) -> bool:
     return dyn["scheme"] in ("gradient_descent", "gradient_flow") and square and len(widths) > 1
 
 
+def initial_spectrum(cfg: dict) -> torch.Tensor:
+    """Singular values (d,) of a balanced X(0): network.spectrum, or all equal to network.scale."""
+    net = cfg["network"]
+    if net["spectrum"] is not None:
+        return torch.tensor(net["spectrum"], dtype=torch.float64)
+    return torch.full((net["widths"][0],), float(net["scale"]), dtype=torch.float64)
+
+
+def saxe_setting(cfg: dict) -> bool:
+    """Is the run in the setting of the closed-form Saxe modes: matrix regression, a balanced start
+    aligned with the target, a deterministic gradient scheme?"""
+    net = cfg["network"]
+    return (cfg["energy"]["type"] == "matrix_regression" and net["init"] == "balanced" and net["target"] == "aligned"
+            and cfg["dynamics"]["scheme"] in ("gradient_descent", "gradient_flow", "end_to_end_flow"))
+
+
 def saxe_reference(cfg: dict, t: np.ndarray) -> np.ndarray | None:
-    """Closed-form singular values (T, r) (Saxe modes, descending) when the run is in their setting:
-    matrix regression, balanced start aligned with the target, a deterministic gradient scheme."""
-    net, dyn = cfg["network"], cfg["dynamics"]
-    if not (cfg["energy"]["type"] == "matrix_regression" and net["init"] == "balanced" and net["target"] == "aligned"
-            and dyn["scheme"] in ("gradient_descent", "gradient_flow", "end_to_end_flow")):
+    """Closed-form singular values (T, r) (Saxe modes, descending) when saxe_setting(cfg)."""
+    if not saxe_setting(cfg):
         return None
     from .theory import saxe_mode
 
+    net, dyn = cfg["network"], cfg["dynamics"]
     lam = torch.linalg.svdvals(energy_target(cfg))
-    d, N = net["widths"][0], net["depth"]
-    u0 = torch.full((d,), net["scale"], dtype=torch.float64) if net["spectrum"] is None else torch.tensor(net["spectrum"], dtype=torch.float64)
+    N = net["depth"]
+    u0 = initial_spectrum(cfg)
     scale = 1.0 / N if dyn["time_scale"] == "depth" else 1.0
     tt = torch.as_tensor(t, dtype=torch.float64).unsqueeze(-1) * scale
     u = saxe_mode(tt, lam, u0, N)

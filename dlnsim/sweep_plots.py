@@ -16,6 +16,8 @@ import math
 import os
 import shutil
 
+from .plotting import gibbs_setting
+from .runner import initial_spectrum, saxe_setting
 from .sweep import FIGURES, FINAL, SWEEP_FILE, _SYMBOLS, _atomic_write, _short_names, load_sweep, read_manifest
 
 __all__ = ["plot_sweep"]
@@ -58,20 +60,6 @@ def _load_points(sweep_dir: str):
     return out
 
 
-def _is_gibbs(cfg: dict) -> bool:
-    from .config import STOCHASTIC_SCHEMES
-
-    w = cfg["network"]["widths"]
-    return (cfg["energy"]["type"] == "weight_decay" and cfg["dynamics"]["scheme"] in STOCHASTIC_SCHEMES
-            and cfg["dynamics"]["beta"] is not None and all(x == w[0] for x in w) and w[0] <= 3)
-
-
-def _is_saxe(cfg: dict) -> bool:
-    net = cfg["network"]
-    return (cfg["energy"]["type"] == "matrix_regression" and net["init"] == "balanced" and net["target"] == "aligned"
-            and cfg["dynamics"]["scheme"] in ("gradient_descent", "gradient_flow", "end_to_end_flow"))
-
-
 def _gibbs_summary(points, axis_keys: list[str]):
     """Per (point, beta): stationary E||X||^2 and E S (last half of the run; standard errors from
     the spread of per-trajectory time averages, trajectories being independent) and the theory."""
@@ -82,7 +70,7 @@ def _gibbs_summary(points, axis_keys: list[str]):
 
     rows = []
     for row, cfg, a in points:
-        if not _is_gibbs(cfg) or "singular_values" not in a or len(a["t"]) < 4:
+        if not gibbs_setting(cfg) or "singular_values" not in a or len(a["t"]) < 4:
             continue
         N, d, alpha = cfg["network"]["depth"], cfg["network"]["widths"][0], cfg["energy"]["alpha"]
         S = a["singular_values"]
@@ -158,13 +146,12 @@ def _saxe_summary(points, axis_keys: list[str]):
 
     rows = []
     for row, cfg, a in points:
-        if not _is_saxe(cfg) or "singular_values" not in a:
+        if not saxe_setting(cfg) or "singular_values" not in a:
             continue
         net = cfg["network"]
-        N, d = net["depth"], net["widths"][0]
+        N = net["depth"]
         lam = torch.linalg.svdvals(energy_target(cfg))
-        u0 = torch.full((d,), float(net["scale"]), dtype=torch.float64) if net["spectrum"] is None else \
-            torch.tensor(net["spectrum"], dtype=torch.float64)
+        u0 = initial_spectrum(cfg)
         scale = float(N) if cfg["dynamics"]["time_scale"] == "depth" else 1.0
         t, S = a["t"], a["singular_values"]
         # pair modes with targets by order: X stays aligned, s sorted descending like lam

@@ -14,7 +14,7 @@ import torch
 from ..energies import Energy
 from ..network import end_to_end
 
-__all__ = ["State", "Scheme", "rk4_step", "dopri5_advance"]
+__all__ = ["State", "Scheme", "rk4_step", "check_beta", "as_beta", "dopri5_advance"]
 
 
 @dataclass
@@ -48,6 +48,29 @@ class State:
     @classmethod
     def from_state_dict(cls, d: dict) -> "State":
         return cls(weights=d["weights"], X=d["X"], t=d["t"], step=d["step"], stats=dict(d["stats"]))
+
+
+def check_beta(beta) -> None:
+    """An inverse temperature is a positive finite number or a (B,) tensor of them (one per trajectory)."""
+    b = torch.as_tensor(beta)
+    if b.dim() > 1 or not bool(torch.isfinite(b).all()) or bool((b <= 0).any()):
+        raise ValueError(f"beta must be positive and finite (a number or a (B,) tensor), got {beta!r}")
+
+
+def as_beta(beta, ref: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    """beta on ref's dtype/device, broadcastable against (B, d, d): a scalar or shape (B, 1, 1).
+
+    cache: a dict kept by the scheme, so that the host-to-device copy happens once per run rather
+    than at every step (a blocking copy on an accelerator).
+    """
+    key = (ref.dtype, ref.device)
+    if cache is not None and key in cache:
+        return cache[key]
+    b = torch.as_tensor(beta, dtype=ref.dtype, device=ref.device)
+    b = b.reshape(-1, 1, 1) if b.dim() == 1 else b
+    if cache is not None:
+        cache[key] = b
+    return b
 
 
 class Scheme:

@@ -20,7 +20,7 @@ from ..energies import Energy, LinearRegression, MatrixCompletion, MatrixRegress
 from ..entropy import entropy_grad_singular_values
 from ..geometry import SpectralFrame
 from ..network import gradient_from_end_to_end, prefix_products
-from .base import Scheme, State, dopri5_advance, rk4_step
+from .base import Scheme, State, as_beta, check_beta, dopri5_advance, rk4_step
 
 __all__ = ["parameter_gradient", "descent_update", "GradientDescent", "GradientFlow", "EndToEndFlow", "TIME_SCALES", "FLOW_METHODS"]
 
@@ -181,7 +181,10 @@ class GradientFlow(_FlowIntegrator, Scheme):
         self._set_method(method, rtol, atol, max_substeps)
 
     def step(self, state: State) -> State:
-        f = lambda ws: [-g for g in parameter_gradient(ws, self.energy)]  # noqa: E731
+        def f(ws):  # -dL/dW: negate grad E once rather than each of the N layer gradients
+            prefixes = prefix_products(ws)
+            return gradient_from_end_to_end(ws, -self.energy.grad(prefixes[-1]), prefixes)
+
         state.weights = self._advance(f, state.weights, state)
         state.t += self.step_size
         state.step += 1
@@ -208,17 +211,16 @@ class EndToEndFlow(_FlowIntegrator, Scheme):
             raise ValueError(f"time_scale must be one of {TIME_SCALES}, got {time_scale!r}")
         self.scale = 1.0 if time_scale == "none" else 1.0 / self.depth
         if beta is not None:
-            beta_t = torch.as_tensor(beta)
-            if bool((beta_t <= 0).any()):
-                raise ValueError(f"beta must be positive, got {beta!r}")
-            beta = beta_t if beta_t.dim() == 0 else beta_t.reshape(-1, 1, 1)
+            check_beta(beta)
         self.beta = beta
+        self._beta_cache: dict = {}
 
     def velocity(self, X: torch.Tensor) -> torch.Tensor:
         frame = SpectralFrame.of(X, self.depth)
         P = -self.energy.grad(X)
         if self.beta is not None:
-            P = P + frame.from_singular(entropy_grad_singular_values(frame.s, self.depth)) / self.beta.to(X)
+            beta = as_beta(self.beta, X, self._beta_cache)
+            P = P + frame.from_singular(entropy_grad_singular_values(frame.s, self.depth)) / beta
         return self.scale * frame.apply(P, 1.0)
 
     def step(self, state: State) -> State:

@@ -51,7 +51,7 @@ import torch
 from ..energies import Energy
 from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_frame
 from ..network import gradient_from_end_to_end, prefix_products
-from .base import Scheme, State
+from .base import Scheme, State, check_beta
 
 __all__ = ["ProjectedLangevin", "MetropolisLangevin", "UnprojectedLangevin"]
 
@@ -79,10 +79,9 @@ class _LangevinBase(Scheme):
         self, energy: Energy, step_size: float, depth: int, beta, *, generator: torch.Generator | None = None, **options
     ):
         super().__init__(energy, step_size, depth)
-        beta_t = torch.as_tensor(beta, dtype=torch.float64)
-        if beta_t.dim() > 1 or not bool(torch.isfinite(beta_t).all()) or bool((beta_t <= 0).any()):
-            raise ValueError(f"beta must be a positive number or a (B,) tensor of positive numbers, got {beta!r}")
-        self.beta = beta_t
+        check_beta(beta)
+        self.beta = torch.as_tensor(beta, dtype=torch.float64)
+        self._beta_cache: dict = {}
         self._own_generator = generator is None
         if generator is None:
             generator = torch.Generator()
@@ -114,8 +113,11 @@ class _LangevinBase(Scheme):
         return state
 
     def _beta(self, ref: torch.Tensor) -> torch.Tensor:
-        """beta as (B,) or () tensor on ref's dtype/device."""
-        return self.beta.to(dtype=ref.dtype, device=ref.device)
+        """beta as (B,) or () tensor on ref's dtype/device (copied to the device once per run)."""
+        key = (ref.dtype, ref.device)
+        if key not in self._beta_cache:
+            self._beta_cache[key] = self.beta.to(dtype=ref.dtype, device=ref.device)
+        return self._beta_cache[key]
 
     def _noise(self, ref: torch.Tensor) -> torch.Tensor:
         return torch.randn(ref.shape, generator=self.generator, dtype=ref.dtype, device=ref.device)

@@ -33,7 +33,7 @@ from .._checks import check_depth, check_matrix
 from ..energies import Energy
 from ..geometry import SpectralFrame
 from ..spectral import _mean_index, log_kernel
-from .base import Scheme, State
+from .base import Scheme, State, as_beta, check_beta
 from .gradient import TIME_SCALES
 
 __all__ = [
@@ -64,22 +64,6 @@ def _spectral_drift(s: torch.Tensor, depth: int) -> torch.Tensor:
     return s ** (1.0 - 2.0 / N) * ((N - 1) + off.sum(dim=-1))
 
 
-def _as_beta(beta, ref: torch.Tensor) -> torch.Tensor:
-    """beta as a tensor broadcastable against (B, d, d): a scalar or shape (B, 1, 1)."""
-    b = torch.as_tensor(beta, dtype=ref.dtype, device=ref.device)
-    if b.dim() == 1:
-        b = b.reshape(-1, 1, 1)
-    elif b.dim() != 0:
-        raise ValueError(f"beta must be a number or a (B,) tensor, got shape {tuple(b.shape)}")
-    return b
-
-
-def _check_beta(beta) -> None:
-    b = torch.as_tensor(beta)
-    if not bool(torch.isfinite(b).all()) or bool((b <= 0).any()):
-        raise ValueError(f"beta must be positive and finite (a number or a (B,) tensor), got {beta!r}")
-
-
 def _frame_drift(frame: SpectralFrame, G: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """The drift in frame coordinates, U^T drift V: -K o (U^T G V) + diag(q)/beta."""
     K = torch.exp(frame.log_K)
@@ -95,9 +79,9 @@ def rle_drift(X: torch.Tensor, energy: Energy, depth: int, beta) -> torch.Tensor
     """
     check_depth(depth)
     check_matrix(X, square=True)
-    _check_beta(beta)
+    check_beta(beta)
     frame = SpectralFrame.of(X, depth)
-    Y = _frame_drift(frame, energy.grad(X), _as_beta(beta, X))
+    Y = _frame_drift(frame, energy.grad(X), as_beta(beta, X))
     return frame.U @ Y @ frame.V.mT
 
 
@@ -137,7 +121,7 @@ def rle_drift_autograd(X: torch.Tensor, energy: Energy, depth: int, beta, log_de
 
     check_depth(depth)
     check_matrix(X, square=True)
-    _check_beta(beta)
+    check_beta(beta)
     if log_det_pairs not in ("all", "upper"):
         raise ValueError(f"log_det_pairs must be 'all' or 'upper', got {log_det_pairs!r}")
     N = depth
@@ -257,9 +241,9 @@ def rle_layer_drift(X: torch.Tensor, energy: Energy, depth: int, beta) -> torch.
     """
     check_depth(depth)
     check_matrix(X, square=True)
-    _check_beta(beta)
+    check_beta(beta)
     frame = SpectralFrame.of(X, depth)
-    Yd, _ = _layer_frame_drift(frame, energy.grad(X), _as_beta(beta, X))
+    Yd, _ = _layer_frame_drift(frame, energy.grad(X), as_beta(beta, X))
     return frame.U @ Yd @ frame.V.mT
 
 
@@ -330,7 +314,7 @@ class RiemannianLangevin(Scheme):
     @beta.setter
     def beta(self, value) -> None:
         # Settable between steps (annealing); the device copy is rebuilt at the next step.
-        _check_beta(value)
+        check_beta(value)
         self._beta = value
         self._beta_cache = {}
 
@@ -349,10 +333,7 @@ class RiemannianLangevin(Scheme):
     def step(self, state: State) -> State:
         X = state.X
         frame = self._frame(X)
-        key = (X.dtype, X.device)
-        if key not in self._beta_cache:  # one host-to-device copy per run, not per step
-            self._beta_cache[key] = _as_beta(self.beta, X)
-        beta = self._beta_cache[key]
+        beta = as_beta(self.beta, X, self._beta_cache)
         hc = self.step_size * self.scale
         Z = torch.randn(X.shape, dtype=X.dtype, device=X.device, generator=self.generator)
         amp = torch.sqrt(2.0 * hc / beta)
@@ -373,8 +354,7 @@ class RiemannianLangevin(Scheme):
         X_new = (U * s_new.unsqueeze(-2)) @ V.mT
         self._carried = (X_new, X_new._version, SpectralFrame(U, s_new, V, self.depth, log_kernel(s_new, self.depth)))
         state.X = X_new
-        prev = state.stats.get("rank_crossings", torch.zeros_like(crossed, dtype=X.dtype))
-        state.stats["rank_crossings"] = prev + crossed.to(X.dtype)
+        state.stats["rank_crossings"] = state.stats["rank_crossings"] + crossed.to(X.dtype)
         state.t += self.step_size
         state.step += 1
         return state
