@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import difflib
 import io
 import itertools
 import json
@@ -70,7 +69,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .config import ConfigError, absolutize_paths, load_config, read_yaml, set_key
+from .config import ConfigError, _did_you_mean, _fail, _show, absolutize_paths, load_config, read_yaml, set_key
 
 __all__ = [
     "Sweep",
@@ -106,20 +105,6 @@ SWEEP_FILE, MANIFEST, RUNS, POINTS, FIGURES, SUBMITIT = (
 )
 FINAL = ("completed", "diverged")  # a rerun skips these
 SLURM_LIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
-
-
-def _fail(path: str, msg: str):
-    raise ConfigError(f"{path}: {msg}")
-
-
-def _did_you_mean(word, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else "choose from " + ", ".join(str(o) for o in options)
-
-
-def _show(v) -> str:
-    s = repr(v) if isinstance(v, str) else str(v)
-    return s if len(s) <= 60 else s[:57] + "..."
 
 
 # ---------------------------------------------------------------------------------------------

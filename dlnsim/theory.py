@@ -26,11 +26,15 @@ from ._checks import check_depth
 __all__ = ["saxe_mode", "saxe_time"]
 
 
-def _T(x: torch.Tensor, lam: torch.Tensor, depth: int) -> torch.Tensor:
+def _roots(lam: torch.Tensor, depth: int) -> torch.Tensor:
+    """The N-th roots r_k = lambda^{1/N} e^{2 pi i k/N} of lambda, (..., N) complex."""
+    k = torch.arange(depth, dtype=lam.dtype, device=lam.device)
+    return (lam ** (1.0 / depth)).unsqueeze(-1) * torch.polar(torch.ones_like(k), 2 * math.pi * k / depth)
+
+
+def _T(x: torch.Tensor, lam: torch.Tensor, depth: int, roots: torch.Tensor | None = None) -> torch.Tensor:
     N = depth
-    k = torch.arange(N, dtype=x.dtype, device=x.device)
-    mu = lam ** (1.0 / N)
-    roots = mu.unsqueeze(-1) * torch.polar(torch.ones_like(k), 2 * math.pi * k / N)  # (..., N) complex
+    roots = _roots(lam, N) if roots is None else roots
     xc = x.unsqueeze(-1).to(roots.dtype)
     logs = (roots**2 * torch.log(xc - roots)).sum(-1).real
     return x ** (2 - N) / ((2 - N) * lam) - logs / (N * lam**2)
@@ -85,11 +89,12 @@ def saxe_mode(t, lam, u0, depth: int) -> torch.Tensor:
 def _invert_time(t: torch.Tensor, lam: torch.Tensor, u0: torch.Tensor, depth: int) -> torch.Tensor:
     gap0 = lam - u0
     gap0 = torch.where(gap0 == 0, torch.ones_like(gap0), gap0)
-    T0 = _T(u0 ** (1.0 / depth), lam, depth)
+    roots = _roots(lam, depth)  # the same at every bisection step
+    T0 = _T(u0 ** (1.0 / depth), lam, depth, roots)
 
     def time_at(z):
         u = lam - gap0 * torch.exp(-z)
-        return _T(u ** (1.0 / depth), lam, depth) - T0
+        return _T(u ** (1.0 / depth), lam, depth, roots) - T0
 
     # e^{-z} underflows at z ~ 745: u == lambda there and t = inf, an upper bracket for any t.
     lo = torch.zeros_like(t)

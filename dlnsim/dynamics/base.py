@@ -140,11 +140,7 @@ class Scheme:
 def rk4_step(f, y, h: float):
     """Classical RK4 for y' = f(y), y a tensor or a list of tensors."""
     if isinstance(y, torch.Tensor):
-        k1 = f(y)
-        k2 = f(y + 0.5 * h * k1)
-        k3 = f(y + 0.5 * h * k2)
-        k4 = f(y + h * k3)
-        return y + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+        return rk4_step(lambda v: [f(v[0])], [y], h)[0]
     add = lambda a, b, c: [ai + c * bi for ai, bi in zip(a, b)]  # noqa: E731
     k1 = f(y)
     k2 = f(add(y, k1, 0.5 * h))
