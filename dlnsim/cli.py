@@ -153,6 +153,10 @@ def _cmd_sweep(args) -> int:
 
 def main(argv=None) -> int:
     """Entry point of the `dlnsim` console script; returns the exit code."""
+    from ._guard import namespace_problem
+
+    if namespace_problem():  # the checkout folder taken for the package: nothing below would work
+        return _error(namespace_problem())
     args = build_parser().parse_args(argv)
     from .config import ConfigError
 

@@ -452,18 +452,14 @@ PATH_KEYS = (("network", "file"), ("energy", "data"))
 
 
 def read_yaml(path: str, what: str = "config file") -> dict:
-    """Read a YAML mapping from `path`, or raise ConfigError with a one-line reason."""
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: no such {what}")
-    if os.path.isdir(path):
-        raise ConfigError(f"{path}: is a folder, expected a YAML {what}")
+    """Read a YAML mapping from `path`, or raise ConfigError with a one-line reason (strict YAML:
+    duplicate keys, alias bombs, deep nesting and binary files are refused; dlnsim.safe_io)."""
+    from .safe_io import FileRefused, load_yaml_file
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {_yaml_reason(e)}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+        data = load_yaml_file(path, what)
+    except FileRefused as e:
+        raise ConfigError(str(e)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -156,28 +156,33 @@ def write_metrics(run_dir: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def save_checkpoint(run_dir: str, payload: dict) -> None:
-    """torch.save(payload) atomically; payload["scheme_private"] (scheme caches) is dropped if it
-    cannot be pickled (a resumed run then recomputes the caches: correct, but not bit-identical)."""
-    import pickle
-
-    import torch
+    """Write payload atomically as an .npz of tensors plus a JSON tree (dlnsim.safe_io.save_tree:
+    no pickle, so loading it can run no code). payload["scheme_private"] (scheme caches) is dropped
+    if it holds an object the format cannot store (a resumed run then recomputes the caches:
+    correct, but not bit-identical)."""
+    from .safe_io import save_tree
 
     path = os.path.join(run_dir, CHECKPOINT)
     try:
-        _atomic(path, lambda f: torch.save(payload, f), mode="wb")
-    except (pickle.PicklingError, TypeError, AttributeError):
+        _atomic(path, lambda f: save_tree(f, payload), mode="wb")
+    except TypeError:
         if not payload.get("scheme_private"):
             raise
-        _atomic(path, lambda f: torch.save(dict(payload, scheme_private={}), f), mode="wb")
+        _atomic(path, lambda f: save_tree(f, dict(payload, scheme_private={})), mode="wb")
 
 
 def load_checkpoint(run_dir: str) -> dict | None:
-    import torch
+    """The payload saved by save_checkpoint, or None; a file that is not a dlnsim checkpoint (a
+    pickle included: never unpickled) raises safe_io.FileRefused (a ValueError, one line)."""
+    from .safe_io import FileRefused, load_tree
 
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    tree = load_tree(path, "checkpoint")
+    if not isinstance(tree, dict):
+        raise FileRefused(f"{path}: not a dlnsim checkpoint (its top level is not a mapping)")
+    return tree
 
 
 def _git_commit() -> str | None:

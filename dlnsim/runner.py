@@ -45,6 +45,7 @@ from .dynamics.gradient import EndToEndFlow, GradientDescent, GradientFlow
 from .energies import Energy, LinearRegression, MatrixCompletion, MatrixRegression, WeightDecay
 from .network import DeepLinearNetwork, random_orthogonal
 from .observe import OBSERVABLES, Observer
+from .safe_io import load_torch_tensors
 
 __all__ = [
     "Outcome",
@@ -177,7 +178,7 @@ def read_weight_file(path: str) -> list[torch.Tensor]:
                 raise ConfigError(f"network.file: {path} holds no arrays named W1..WN (or W_1..W_N)")
             ws = [torch.as_tensor(z[k], dtype=torch.float64) for k in keys]
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_tensors(path, "network.file")  # weights_only: never unpickles objects
         if isinstance(obj, dict):
             obj = obj.get("weights")
         if not isinstance(obj, (list, tuple)) or not obj or not all(isinstance(w, torch.Tensor) for w in obj):
