@@ -820,3 +820,126 @@ def test_time_is_t0_plus_step_times_h(tmp_path):
     assert cli.main(["run", path, "--out", str(out), "--quiet"]) == 0
     a = dict(np.load(out / "arrays.npz"))
     assert a["t"][-1] == 8.0 and np.array_equal(a["t"], a["step"] * 0.0025)
+
+
+# =============================================================================================
+# building blocks of 3-6, tested on their own
+# =============================================================================================
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", "..", ".", "", "x" * 101, "a\x00b", "-rf", "new\nline",
+                                  "run\u202egnp", "caf\u00e9", "a b", "~", "$HOME", "a\\b"])
+def test_unsafe_names_are_refused(name):
+    from dlnsim.safe_paths import check_name
+
+    with pytest.raises(ValueError, match=r"^output\.name: "):
+        check_name("output.name", name)
+
+
+@pytest.mark.parametrize("name", ["saxe_modes", "N=3", "001_beta=2.5", "beta=1e-3,depth=2", "a+b", "x" * 100])
+def test_safe_names_pass(name):
+    from dlnsim.safe_paths import check_name
+
+    assert check_name("output.name", name) == name
+
+
+def test_showcase_must_be_a_png_inside_output_dir_showcase(tmp_path):
+    from dlnsim.safe_paths import check_showcase
+
+    out = tmp_path / "results"
+    assert check_showcase(str(out / "showcase" / "a.png"), str(out)) == str(out / "showcase" / "a.png")
+    for bad in (str(tmp_path / "victim.png"), str(out / "showcase" / ".." / "x.png"), str(out / "showcase" / "a.txt"),
+                str(out / "showcase")):
+        with pytest.raises(ValueError, match="output.showcase"):
+            check_showcase(bad, str(out))
+    # a symbolic link inside showcase/ pointing outside is resolved first
+    (out / "showcase").mkdir(parents=True)
+    os.symlink(tmp_path, out / "showcase" / "link")
+    with pytest.raises(ValueError, match="outside"):
+        check_showcase(str(out / "showcase" / "link" / "x.png"), str(out))
+    assert check_showcase(str(tmp_path / "victim.png"), str(out), allow_anywhere=True) == str(tmp_path / "victim.png")
+
+
+def test_run_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
+    from dlnsim.runlock import FolderInUse, RunLock
+
+    with RunLock(str(tmp_path)):
+        info = json.loads((tmp_path / ".lock").read_text())
+        assert info["pid"] == os.getpid() and info["host"] == os.uname().nodename
+        with pytest.raises(FolderInUse, match=f"in use by process {os.getpid()}"):
+            RunLock(str(tmp_path)).acquire()
+        # another process is refused too
+        code = f"from dlnsim.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire()"
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+        assert p.returncode != 0 and "FolderInUse" in p.stderr
+    assert not (tmp_path / ".lock").exists()
+    # a lock file left by a killed process: its flock died with it, the file is taken over
+    p = subprocess.Popen([sys.executable, "-c", f"from dlnsim.runlock import RunLock; import time; RunLock({str(tmp_path)!r}).acquire(); print('ok', flush=True); time.sleep(60)"],
+                         stdout=subprocess.PIPE, text=True, env=_env())
+    assert p.stdout.readline().strip() == "ok"
+    p.kill()
+    p.wait()
+    p.stdout.close()
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == p.pid
+    with RunLock(str(tmp_path)):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_step_count_refuses_overflow():
+    from dlnsim.resources import MAX_STEPS, step_count
+
+    assert step_count(1.0, 0.01) == 100 and step_count(8.0, 0.0025) == 3200
+    for t, h in ((1e308, 0.01), (1.0, 1e-310), (1e13, 1.0)):
+        with pytest.raises(ValueError, match=r"^dynamics\.time: .*steps"):
+            step_count(t, h)
+    assert step_count(float(MAX_STEPS), 1.0) == MAX_STEPS
+
+
+def _resolved(**kw):
+    cfg = {"network": {"widths": [2, 2, 2]}, "dynamics": {"ensemble": 2, "beta": None, "steps": 100, "scheme": "gradient_flow"},
+           "energy": {"type": "matrix_regression"}, "observers": {"every": 1, "include": None, "entropy_measured": "auto"},
+           "device": {"dtype": "float64", "device": "cpu", "max_memory_gb": None}}
+    for k, v in kw.items():
+        sec, key = k.split("__")
+        cfg[sec][key] = v
+    return cfg
+
+
+@pytest.mark.parametrize("kw,key", [
+    ({"network__widths": [10**6, 10**6, 10**6]}, "network.width"),
+    ({"dynamics__ensemble": 10**9}, "dynamics.ensemble"),
+    ({"dynamics__ensemble": 10**7, "dynamics__beta": [1.0] * 100}, "dynamics.ensemble"),
+    ({"network__widths": [2] * (10**6 + 1), "dynamics__ensemble": 100}, "network.depth"),
+    ({"energy__type": "linear_regression", "energy__n_samples": 10**10, "energy__data": None}, "energy.n_samples"),
+    ({"dynamics__steps": 10**10}, "observers.every"),
+])
+def test_memory_estimate_names_the_key_to_change(kw, key):
+    from dlnsim.resources import check_memory
+
+    with pytest.raises(ValueError, match=rf"^{key.replace('.', '[.]')}: the run needs about .* raise device.max_memory_gb"):
+        check_memory(_resolved(**kw))
+    assert check_memory(_resolved()) < 2**20  # the tiny run: well under a MiB
+    with pytest.raises(ValueError, match="device.max_memory_gb = 1e-09"):
+        check_memory(_resolved(device__max_memory_gb=1e-9))
+
+
+def test_threads_are_bounded_by_the_cpus():
+    from dlnsim.resources import available_cpus, check_threads
+
+    check_threads(None)
+    check_threads(available_cpus())
+    with pytest.raises(ValueError, match=r"^device\.threads: 1000000 is more than"):
+        check_threads(10**6)
+
+
+def test_worker_dies_with_its_parent(tmp_path):
+    # parent: starts a child that asked for its parent's death signal, prints its pid, exits at once
+    child = "from dlnsim._children import die_with_parent; import time; die_with_parent(); print('armed', flush=True); time.sleep(60)"
+    parent = (f"import subprocess, sys, os; p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, text=True); "
+              "assert p.stdout.readline().strip() == 'armed'; print(p.pid, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, env=_env(), timeout=60)
+    pid = int(out.stdout.split()[0])
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid)
