@@ -110,6 +110,7 @@ class Simulation:
         self.scheme, self.state, self.observer, self.save_every = scheme, state, observer, save_every
         self.ref_scheme, self.ref_state = reference if reference is not None else (None, None)
         self.check_finite = check_finite
+        self.stopped = False  # set by run() when a stop request ended it early
         self.saved: list[dict[str, torch.Tensor]] = []
         self.times: list[float] = []
         self.steps: list[int] = []
