@@ -54,7 +54,7 @@ from .options import (  # noqa: F401  (re-exported: the checkers were defined he
 from .resources import MAX_STEPS, check_memory, check_threads, step_count
 from .run_theory import reference_flow_applies
 from .safe_io import FileRefused, load_yaml_text
-from .safe_paths import check_name
+from .safe_paths import check_name, safe_stem
 
 __all__ = [
     "ConfigError",
@@ -262,7 +262,7 @@ def load_config(path_or_dict, overrides=()) -> dict:
     absolutize_paths(raw, base_dir)
     if (raw.get("output") or {}).get("name") is None:
         raw.setdefault("output", {})
-        raw["output"] = dict(raw["output"] or {}, name=stem)
+        raw["output"] = dict(raw["output"] or {}, name=safe_stem(stem))
     return validate(raw)
 
 

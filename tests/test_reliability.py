@@ -839,6 +839,17 @@ def test_safe_names_pass(name):
     assert check_name("output.name", name) == name
 
 
+def test_default_name_from_an_unsafe_file_stem_is_made_safe(tmp_path, capsys):
+    # output.name defaults to the config file's stem: a file named "my run.yaml" still runs
+    from dlnsim.safe_paths import safe_stem
+
+    assert [safe_stem(s) for s in ("my run", "..x", "caf\u00e9", "")] == ["my-run", "x", "caf-", "run"]
+    path = tmp_path / "my run.yaml"
+    os.replace(_config(tmp_path), path)
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    assert [p.name.startswith("my-run-") for p in (tmp_path / "results").iterdir()] == [True]
+
+
 def test_showcase_must_be_a_png_inside_output_dir_showcase(tmp_path):
     from dlnsim.safe_paths import check_showcase
 
@@ -939,3 +950,11 @@ def test_worker_dies_with_its_parent(tmp_path):
     while time.time() < deadline and _alive(pid):
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+def test_a_sweep_of_a_million_points_is_refused_before_expanding(tmp_path, capsys):
+    # each point is a validated config: 10^6 of them would take hours to expand
+    path = _sweep_file(tmp_path, {"dynamics.seed": list(range(1000)), "energy.seed": list(range(1000))})
+    code, lines = _main(["sweep", path, "--out", tmp_path / "sw", "--quiet"], capsys)
+    _one_line_exit_2(code, lines, "axes: 1000000 points")
+    assert not (tmp_path / "sw").exists()
