@@ -958,3 +958,23 @@ def test_a_sweep_of_a_million_points_is_refused_before_expanding(tmp_path, capsy
     code, lines = _main(["sweep", path, "--out", tmp_path / "sw", "--quiet"], capsys)
     _one_line_exit_2(code, lines, "axes: 1000000 points")
     assert not (tmp_path / "sw").exists()
+
+
+def test_package_version_is_read_without_importing_the_package():
+    # pip builds the editable install in an isolated environment without numpy or torch: setuptools
+    # must find `version = attr: ...` statically (a string literal in the module the attr names),
+    # else it imports dlnsim, which imports numpy, and the README's first command fails.
+    import ast
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    attr = cfg["metadata"]["version"].split("attr:")[1].strip()
+    module, name = attr.rsplit(".", 1)
+    path = os.path.join(ROOT, *module.split(".")) + ".py"
+    if not os.path.exists(path):
+        path = os.path.join(ROOT, *module.split("."), "__init__.py")
+    tree = ast.parse(_read(path))
+    literals = [n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                and any(isinstance(t, ast.Name) and t.id == name for t in n.targets)]
+    assert literals and isinstance(literals[0], str), f"{attr} is not a string literal in {path}"
