@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import small_svd
 from ._checks import check_square_weights, rank_tolerance
 
 __all__ = [
@@ -561,7 +562,7 @@ class BalancedFrame:
         self.d = d = W.shape[-1]
         self.refine = refine
         eye = torch.eye(d, dtype=W.dtype, device=W.device)
-        ev, Q0 = torch.linalg.eigh(W[..., 0, :, :].mT @ W[..., 0, :, :])
+        ev, Q0 = small_svd.eigh(W[..., 0, :, :].mT @ W[..., 0, :, :])  # closed form at d = 2
         l = ev.clamp_min(0.0).sqrt()
         lmax = l.amax(dim=-1, keepdim=True)
         # Columns with l ~ 0 give garbage frames; they are caught by the orthogonality test below.
