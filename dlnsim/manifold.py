@@ -515,8 +515,9 @@ _FRAME_ORTH_MAX = 1e-7
 # iteration is not monotone (its error operator is not normal: at d = 16 the residual often grows
 # for an update or two and then converges), so the test is against the best so far, not the last
 # update; measured at d = 16, N = 4, B = 32, h = 0.01, beta = 10 (scripts/bench.py (d)): a ratio of
-# 0.5 against the last update sent 1.2 trajectories per step to the exact fallback (85-90% of the
-# step's time), this rule with budget 3 max_iter ~0.1 (failures 0 in both).
+# 0.5 against the last update with 12 updates allowed sent ~0.5 trajectories per step to the exact
+# fallback (85-90% of the step's time); this rule with 36 updates and the exact-adjoint polish, none
+# (projection failures 0 in both).
 _STALL_RATIO = 2.0
 
 
@@ -798,10 +799,11 @@ class BalancedFrame:
         return self.newton_t(self.to_frame(v), tol=tol, max_iter=max_iter, method=method, want_mu=True, v_orig=v)
 
 
-# Frame-loop budget as a multiple of max_iter: the rate is linear (~0.1 at d = 8, 0.3-0.9 at d = 16
+# Frame-loop budget as a multiple of max_iter. The rate is linear (~0.1 at d = 8, 0.3-0.9 at d = 16
 # for h = 0.01, beta = 10), the tail is cheap once compacted to the few active trajectories, and
-# every trajectory it keeps off the exact path saves an O(N d^6) block factorisation per update.
-_FRAME_ITER_FACTOR = 3
+# every trajectory kept off the exact path saves an O(N d^6) block factorisation per update: the
+# Langevin schemes therefore pass max_iter = 36 (their default), which serves both solvers.
+_FRAME_ITER_FACTOR = 1
 # On the CPU the frame loop continues on the still-active subset once it is below this fraction.
 _COMPACT_FRACTION = 0.125
 # The exact fallback uses the dense solver while (trajectories) x (N-1) d(d+1)/2 is at most this.
@@ -859,12 +861,22 @@ def _residual_norm(Y: torch.Tensor) -> torch.Tensor:
 def make_frame(W: torch.Tensor, solver: str = "frame"):
     """The solver object at stacked W: BalancedFrame ("frame") or ConstraintFrame ("exact").
 
-    "auto": "frame" on the CPU (where its exact-Newton fallback runs), "exact" elsewhere: without the
-    fallback the simplified iteration fails often at large |v| / l_min (measured d = 2, N = 3,
-    h = 0.05, beta = 1: 24% at max_iter = 40, against 0.01% for exact Newton).
+    "auto": "exact" where the constraints are few (m = (N-1) d(d+1)/2 <= DENSE_MAX: d = 2 up to N = 9,
+    d = 3 up to N = 5, the sizes of most stationary studies), "frame" above on the CPU (where its
+    exact-Newton fallback runs), "exact" elsewhere. Why: with few constraints the exact dense Newton
+    is a handful of launch-bound batched ops per update and converges quadratically, while the
+    frame iteration hands 12-50% of the trajectories to that same exact Newton at the step sizes of
+    stationary studies (|v| / l_min ~ 1: the law has mass near rank-deficient X); measured B = 1024,
+    E = ||X||^2/2, beta = 1, h = 0.05 (scripts/bench.py (f)): projected step 4.4 vs 25 us per
+    trajectory at d = 2, N = 2; 18 vs 68 us at d = 3, N = 2; Metropolis 8.8 vs 53 and 28 vs 126 us.
+    Above DENSE_MAX the exact path is block-tridiagonal O(N d^6) and the frame solver wins; without
+    the fallback (accelerators) the simplified iteration fails often at large |v| / l_min (measured
+    d = 2, N = 3, h = 0.05, beta = 1: 24% at max_iter = 40, against 0.01% for exact Newton).
     """
     if solver == "auto":
-        solver = "frame" if W.device.type == "cpu" else "exact"
+        N, d = W.shape[-3], W.shape[-1]
+        few = (N - 1) * d * (d + 1) // 2 <= DENSE_MAX
+        solver = "frame" if (W.device.type == "cpu" and not few) else "exact"
     if solver == "frame":
         return BalancedFrame(W)
     if solver == "exact":
