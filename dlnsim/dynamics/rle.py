@@ -343,12 +343,12 @@ class RiemannianLangevin(Scheme):
         if self.chart == "end_to_end":
             drift = _frame_drift(frame, G, beta)
             new = torch.diag_embed(frame.s) + hc * drift + amp * torch.exp(0.5 * frame.log_K) * Z
-            Uf, s_new, Vfh = small_svd.svd(new, near_diagonal=True)
+            Uf, s_new, Vfh = small_svd.svd(new)
         else:
             drift, rho = _layer_frame_drift(frame, G, beta)
             noise = amp * (rho.sqrt() * _sym(Z) + rho.rsqrt() * _anti(Z))
             new = torch.diag_embed(frame.s ** (1.0 / self.depth)) + hc * drift + noise
-            Uf, x_new, Vfh = small_svd.svd(new, near_diagonal=True)
+            Uf, x_new, Vfh = small_svd.svd(new)
             s_new = x_new**self.depth
         crossed = small_svd.det(new) < 0
         U = frame.U @ Uf
