@@ -587,10 +587,12 @@ class BalancedFrame:
         good = (lam.flatten(-3).amin(dim=-1) > 0) & (defect <= _FRAME_ORTH_MAX) & torch.isfinite(Q).flatten(-3).all(-1)
         # Untrusted trajectories get identity frames: the frame maps stay isometries (so their
         # vectors keep their meaning) and the exact solver takes over for them (CPU fallback).
-        self.Q = torch.where(good[..., None, None, None], Q, eye)
+        # On the CPU (host read free) the masked copies are skipped when every frame is trusted.
+        all_good = W.device.type == "cpu" and bool(good.all())
+        self.Q = Q if all_good else torch.where(good[..., None, None, None], Q, eye)
         self.l = l
         self.Xt = self.to_frame(W)
-        self.inv_lam = torch.where(good[..., None, None, None], 1.0 / lam, torch.zeros_like(lam))
+        self.inv_lam = lam.reciprocal_() if all_good else torch.where(good[..., None, None, None], 1.0 / lam, torch.zeros_like(lam))
         self.S = S
         self.ok = good
 

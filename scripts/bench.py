@@ -930,7 +930,7 @@ def bench_memory(quick: bool) -> list[dict]:
                 note="bytes per trajectory = slope of the peak RSS of 3 steps between two ensemble sizes (float64; the "
                 "step's temporaries included, run records not); max ensemble = (24 GiB - fixed) / slope",
             ))
-            print(f"  (h) {kind:18s} d={d:2d}: {per / 1024:9.1f} KiB/trajectory (state {state_bytes / 1024:.1f} KiB), "
+            print(f"  (h) {kind:18s} d={d:2d}: {per / 1024:9.1f} KiB/trajectory (state {state_bytes} B), "
                   f"largest ensemble in 24 GiB ~ {bmax:.3g}", flush=True)
     return rows
 
