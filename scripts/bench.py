@@ -1,7 +1,7 @@
 """dlnsim speed benchmark: ensembles against what a user would otherwise write, ratios from one run.
 
     python scripts/bench.py [--device cpu|cuda] [--quick] [--out results/bench] [--threads 1]
-                            [--dtype float64|float32] [--compile] [--only a,b,c,d,e] [--clock wall|cpu]
+                            [--dtype float64|float32] [--compile] [--only a,b,c,d,e,f,g,h] [--clock wall|cpu]
 
 Items (issue 5; every ratio is measured within this run, samples of the two sides interleaved so
 that both see the same machine load; each number is the median of repeated samples after warm-up;
@@ -26,10 +26,25 @@ machine do not inflate it; --clock wall for elapsed time):
      measurement orbit_log_volume (block Cholesky), per evaluation, N = 4, d in {4, 8, 16}, and
      their agreement at balanced points; a dense Gram determinant slogdet(J^T J) is timed too,
      as the form a user would write.
+ (f) the small-matrix kernels of dlnsim.small_svd against torch.linalg.svd (d = 2, 3, 4; B = 256,
+     1024, 4096; with their backward errors), and the RLE and Metropolis steps at d = 2, 3 with those
+     kernels against the same steps inside small_svd.lapack_only().
+ (g) time to accuracy (issue 13): for the stationary law of E = ||X||^2/2, beta = 1 at d = 2, 3 and
+     N = 2, 3, each scheme (RLE in both charts, projected, Metropolis, and torchsde running the RLE in
+     the layer chart, the same Markov chain as dlnsim's default RLE) at the largest step size of a
+     ladder whose bias (against dlnsim.gibbs.SingularValueLaw) is within 1% + 2 standard errors:
+     the CPU time to estimate <s_min> and <||X||^2> to 1% relative standard error (the measured
+     run's time scaled by (SE / 1%)^2; SE from the per-chain time averages of 1024 independent
+     chains). Table rows + <out>/tta_<device>.png.
+ (h) memory per trajectory of each scheme (slope of the peak RSS of a child process between two
+     ensemble sizes) and the largest ensemble that fits in 24 GiB, d = 2, 8, 32, N = 4.
 Targets (2-core CPU): (a) >= 30x at d=16, B=1024 and >= 100x at d=4, B=1024; (b) >= 50% of the
-batched-GEMM rate at d=64, B=1024; (c) >= 10x; (d) <= 10x at d=8; (e) >= 1000x at d=8.
+batched-GEMM rate at d=64, B=1024; (c) >= 10x; (d) projected <= 10x GD at d=8, <= 40x at d=16,
+Metropolis <= 2x projected, exact fallback < 5% of the step at d=16; (e) >= 1000x at d=8;
+(f) >= 5x LAPACK at d=2, >= 3x at d=3 (B >= 1024); (g) best scheme >= 10x torchsde in time to 1%.
 
-Writes <out>/bench_<device>.csv, <out>/bench_<device>.png and <out>/table_<device>.md.
+Writes <out>/bench_<device>.csv, <out>/bench_<device>.png, <out>/table_<device>.md (and
+<out>/tta_<device>.png with item g).
 """
 from __future__ import annotations
 
@@ -867,7 +882,13 @@ kind, d, B, N = {kind!r}, {d}, {B}, {N}
 g = torch.Generator().manual_seed(0)
 X0 = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(B, d, d, dtype=torch.float64, generator=g)
 energy = WeightDecay(1.0)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    return int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith(key + ":"))) * 1024
+# Reset the resident high-water mark (Linux >= 4.0): the import of torch peaks above the steady state,
+# which would hide the step's memory at small B.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS")
 if kind == "GradientDescent":
     from dlnsim.dynamics.gradient import GradientDescent
     s = GradientDescent(energy, 0.01, N); st = s.init_state(weights=balanced_weights(X0, N, g)); step = lambda: s.step(st)
@@ -887,26 +908,29 @@ else:
     s = cls(energy, 0.01, N, 10.0, generator=g); st = s.init_state(weights=balanced_weights(X0, N, g)); step = lambda: s.step(st)
 for _ in range(3):
     step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(status("VmHWM") - base)
 """
 
 
 def bench_memory(quick: bool) -> list[dict]:
-    """Peak resident memory of a process running 3 steps, at two ensemble sizes: the slope is the
-    memory per trajectory (state + the step's temporaries; records of a run are not included), the
-    intercept the fixed cost (Python, torch). Largest ensemble in 24 GiB = (24 GiB - fixed) / slope."""
+    """Peak resident memory of a child process while it builds the state and runs 3 steps (the
+    high-water mark reset after the imports), at two ensemble sizes: the slope is the memory per
+    trajectory (state + the step's temporaries; records of a run are not included), the intercept
+    a fixed cost. Largest ensemble in 24 GiB = (24 GiB - Python/torch (~0.3 GiB) - fixed) / slope."""
     import subprocess
 
     rows = []
     root = str(Path(__file__).resolve().parents[1])
     scripts = str(Path(__file__).resolve().parent)
-    sizes = {2: (4096, 32768), 8: (256, 2048), 32: (8, 64)}
+    sizes = {2: (8192, 65536), 8: (512, 4096), 32: (16, 128)}
     kinds = ("GradientDescent", "RLE", "ProjectedLangevin", "MetropolisLangevin", "torchsde")
     budget = 24 * 2**30
     for d, (B1, B2) in sizes.items():
         for kind in kinds:
             if quick and d == 32:
                 continue
+            if kind == "torchsde" and d == 32:
+                B1, B2 = 4, 32  # its (B, d^2, d^2) diffusion products cost 2 GFLOP per trajectory-step here
             rss = []
             for B in (B1, B2):
                 code = _MEM_CHILD.format(root=root, scripts=scripts, kind=kind, d=d, B=B, N=DEPTH)
@@ -919,16 +943,16 @@ def bench_memory(quick: bool) -> list[dict]:
             if None in rss:
                 continue
             per = max((rss[1] - rss[0]) / (B2 - B1), 1.0)
-            fixed = rss[0] - per * B1
-            bmax = int((budget - fixed) / per)
+            fixed = max(rss[0] - per * B1, 0.0)
+            bmax = int((budget - 0.3 * 2**30 - fixed) / per)
             state_bytes = (DEPTH if kind not in ("RLE", "torchsde") else 1) * d * d * 8
             rows.append(dict(
                 item="h", case=f"memory {kind} d={d} N={DEPTH}", d=d, N=DEPTH, B=B2,
                 dlnsim_s=None, baseline_s=None, ratio=None, mem_per_traj=per, max_ensemble=bmax,
-                check=f"peak RSS {rss[0] / 2**20:.0f} MiB at B={B1}, {rss[1] / 2**20:.0f} MiB at B={B2}; state alone "
+                check=f"peak RSS above the post-import level {rss[0] / 2**20:.1f} MiB at B={B1}, {rss[1] / 2**20:.1f} MiB at B={B2}; state alone "
                 f"{state_bytes} B/trajectory; fixed {fixed / 2**20:.0f} MiB",
-                note="bytes per trajectory = slope of the peak RSS of 3 steps between two ensemble sizes (float64; the "
-                "step's temporaries included, run records not); max ensemble = (24 GiB - fixed) / slope",
+                note="bytes per trajectory = slope of the peak RSS (state + 3 steps) between two ensemble sizes (float64, "
+                "N = 4; the step's temporaries included, run records not); max ensemble = (24 GiB - 0.3 GiB - fixed) / slope",
             ))
             print(f"  (h) {kind:18s} d={d:2d}: {per / 1024:9.1f} KiB/trajectory (state {state_bytes} B), "
                   f"largest ensemble in 24 GiB ~ {bmax:.3g}", flush=True)
