@@ -140,3 +140,13 @@ def test_dispatch_and_det():
         torch.testing.assert_close((U * s.unsqueeze(-2)) @ Vh, X, rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match="square"):
         small_svd.svd(torch.zeros(3, 2, 3))
+
+
+def test_lapack_only_switches_every_kernel_and_restores():
+    """The benchmark's baseline context: LAPACK for every size inside, the small kernels after."""
+    X = torch.randn(8, 2, 2, dtype=torch.float64, generator=make_generator(2))
+    with small_svd.lapack_only():
+        assert small_svd.svd_kernel(2) == "lapack"
+        for a, b in zip(small_svd.svd(X), torch.linalg.svd(X)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)  # the LAPACK call itself
+    assert small_svd.svd_kernel(2) == "closed_form"
