@@ -16,8 +16,9 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
   Newton with an exact-Newton fallback on the CPU); "exact" is the block-tridiagonal / dense
   Newton of ConstraintFrame (O(N d^6), the oracle; dense and launch-bound for few constraints);
   "auto" (default): "exact" for few constraints ((N-1) d(d+1)/2 <= 24: d = 2 up to N = 9, d = 3 up
-  to N = 5, where it is 2-6x faster than "frame", dlnsim.manifold.make_frame), else "frame" on
-  the CPU and "exact" on accelerators (no host-synchronising fallback there). Same projection to ~tol where both
+  to N = 5, where a step is 2.4-3.1x faster than with "frame" at N = 2 and 1.05-1.35x at N = 3;
+  dlnsim.manifold.make_frame), else "frame" on the CPU and "exact" on accelerators (no
+  host-synchronising fallback there). Same projection to ~tol where both
   converge; with "frame" the noise is drawn in frame coordinates (same law, different stream).
   Safeguard: a projection is rejected (the trajectory stays at x for this step) if Newton does not
   converge, or if the normal correction is large, |y - (x + v)| > safeguard |v| (default 2).
@@ -127,7 +128,7 @@ class _LangevinBase(Scheme):
 
 class _ManifoldLangevin(_LangevinBase):
     # max_iter 36: measured d = 2, N = 3, h = 0.05, beta = 1, B = 1024, 30 steps, three seeds
-    # (scripts/bench.py (d) notes): projection failures 139/122/113 at 12 updates, 53/39/42 at 36
+    # (results/bench/README.md, "Projection failures"): projection failures 139/122/113 at 12 updates, 53/39/42 at 36
     # (safeguard rejections 5/2/8 -> 24/18/21: Newton then reaches a far root, which the safeguard
     # rejects), for ~40% more time on that case; converged trajectories stop after 3-5 updates either way.
     options = {"tol": 1e-10, "max_iter": 36, "method": "newton", "safeguard": 2.0, "solver": "auto"}
