@@ -861,7 +861,7 @@ def plot_tta(results: list[dict], path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xticks(range(len(combos)), [f"d={d}, N={N}" for d, N in combos])
     ax.set_ylabel("CPU s to 1% rel. SE of <s_min> and <||X||^2>")
-    ax.set_title("(g) time to accuracy, stationary law of E = ||X||^2/2, beta = 1 (hatched: bias > 1% at every h tried)", fontsize=9)
+    ax.set_title("(g) time to accuracy, stationary law of E = ||X||^2/2, beta = 1 (hatched: |bias| > 1% + 2 SE at every h tried)", fontsize=9)
     ax.legend(fontsize=8)
     fig.suptitle(textwrap.fill(title, 150), fontsize=7)
     fig.tight_layout()
