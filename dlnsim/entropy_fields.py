@@ -34,13 +34,16 @@ import torch
 
 from ._checks import check_depth
 from .fields import get_field, inner, lie_algebra_basis, singular_values
-from .spectral import log_kernel
+from .spectral import dlog_kernel_ds, log_kernel
 
 __all__ = [
     "log_sphere_volume",
     "log_group_volume",
     "entropy_field_from_singular_values",
     "entropy_field",
+    "entropy_field_grad_singular_values",
+    "entropy_field_grad",
+    "entropy_field_grad_in_frame",
     "orbit_log_volume_field",
 ]
 
@@ -83,6 +86,37 @@ def entropy_field(X: torch.Tensor, depth: int, field) -> torch.Tensor:
     if bool((s.amin(-1) <= tol).any()):
         raise ValueError("the entropy S_beta(X) is undefined for rank-deficient X; the theory needs full-rank X")
     return entropy_field_from_singular_values(s, depth, F)
+
+
+def entropy_field_grad_singular_values(s: torch.Tensor, depth: int, field) -> torch.Tensor:
+    """dS_beta/ds_k = (beta/2) sum_{j != k} d log K_kj/ds_k + ((beta-1)/2) d log K_kk/ds_k; (..., d), s > 0."""
+    F = get_field(field)
+    D = dlog_kernel_ds(s, depth)
+    diag = torch.diagonal(D, dim1=-2, dim2=-1)
+    return 0.5 * F.beta * (D.sum(-1) - diag) + 0.5 * (F.beta - 1) * diag
+
+
+def entropy_field_grad(X: torch.Tensor, depth: int, field) -> torch.Tensor:
+    """grad S_beta(X) for <., .>_F: U diag(dS/ds) V*, as a representation (..., n, n). Full-rank X.
+
+    Over H it is computed from any complex SVD of chi(X) with dS/ds repeated for each pair of
+    singular values: a spectral function's gradient does not depend on the choice of singular
+    vectors within a repeated singular value, so the result is chi of the quaternionic gradient.
+    """
+    U, s_rep, Vh = torch.linalg.svd(X)
+    tol = s_rep.shape[-1] * torch.finfo(s_rep.dtype).eps * s_rep.amax(-1)
+    if bool((s_rep.amin(-1) <= tol).any()):
+        raise ValueError("the entropy gradient is undefined for rank-deficient X; the theory needs full-rank X")
+    return entropy_field_grad_in_frame(U, s_rep, Vh, depth, field)
+
+
+def entropy_field_grad_in_frame(U: torch.Tensor, s_rep: torch.Tensor, Vh: torch.Tensor, depth: int, field) -> torch.Tensor:
+    """grad S_beta from an SVD U diag(s_rep) Vh of the representation (over H: s_rep = s doubled)."""
+    F = get_field(field)
+    s = s_rep[..., ::2] if F.beta == 4 else s_rep
+    g = entropy_field_grad_singular_values(s, depth, F)
+    g = g.repeat_interleave(2, dim=-1) if F.beta == 4 else g
+    return (U * g.unsqueeze(-2).to(U.dtype)) @ Vh
 
 
 def orbit_log_volume_field(weights: list[torch.Tensor], field) -> torch.Tensor:
