@@ -64,7 +64,9 @@ def end_to_end_velocity(X: torch.Tensor, energy: Energy, depth: int, field=None,
     frame = FieldFrame.of(X, depth)
     P = -energy.grad(X)
     if beta is not None:
-        P = P + entropy_field_grad_in_frame(frame.U, frame.s, frame.V.mH, depth, field) / beta
+        b = torch.as_tensor(beta, dtype=frame.s.dtype, device=X.device)
+        b = b.reshape(-1, 1, 1) if b.dim() == 1 else b  # one inverse temperature per trajectory
+        P = P + entropy_field_grad_in_frame(frame.U, frame.s, frame.V.mH, depth, field) / b
     return frame.apply(P, 1.0)
 
 
