@@ -47,6 +47,7 @@ __all__ = [
     "quaternion_from_real",
     "quaternion_to_real_parts",
     "complex_to_real",
+    "real_to_complex",
     "symplectic_unit",
     "structure_defect",
     "project_structure",
@@ -137,6 +138,12 @@ def complex_to_real(Z: torch.Tensor) -> torch.Tensor:
     top = torch.cat([Z.real, -Z.imag], dim=-1)
     bottom = torch.cat([Z.imag, Z.real], dim=-1)
     return torch.cat([top, bottom], dim=-2)
+
+
+def real_to_complex(R: torch.Tensor) -> torch.Tensor:
+    """Inverse of `complex_to_real`: Z = R_11 + i R_21 from the (..., 2n, 2n) realification."""
+    n = R.shape[-1] // 2
+    return torch.complex(R[..., :n, :n], R[..., n:, :n])
 
 
 def symplectic_unit(n: int, dtype=torch.complex128, device=None) -> torch.Tensor:

@@ -41,8 +41,11 @@ from dlnsim.fields import (
     lie_algebra_basis,
     norm_sq,
     project_structure,
+    quaternion_from_complex,
     quaternion_from_real,
+    quaternion_to_complex,
     quaternion_to_real_parts,
+    real_to_complex,
     random_group,
     singular_values,
     structure_defect,
@@ -84,6 +87,11 @@ def test_chi_is_a_star_homomorphism_and_pairings(gen):
     assert abs(0.25 * (complex_to_real(chiP) * complex_to_real(chiQ)).sum() - ref) < 1e-12
     for part, orig in zip(quaternion_to_real_parts(chiP), P):
         assert torch.equal(part, orig)
+    assert torch.equal(real_to_complex(complex_to_real(chiP)), chiP)
+    A, B = quaternion_from_complex(chiP)
+    assert torch.equal(quaternion_to_complex(A, B), chiP)
+    # the 4d x 4d real representation is multiplicative too
+    assert (complex_to_real(chiP) @ complex_to_real(chiQ) - complex_to_real(prod)).abs().max() < 1e-13
 
 
 def test_structure_projection(gen):
