@@ -21,12 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .dynamics.base import rk4_step
-from .energies import Energy
 from .entropy_fields import entropy_field_grad_in_frame
 from .spectral import log_kernel
 
-__all__ = ["FieldFrame", "field_metric_operator", "end_to_end_velocity", "end_to_end_step"]
+__all__ = ["FieldFrame", "field_metric_operator", "end_to_end_velocity"]
 
 
 @dataclass
@@ -57,7 +55,7 @@ def field_metric_operator(X: torch.Tensor, P: torch.Tensor, depth: int, power: f
     return FieldFrame.of(X, depth).apply(P, power)
 
 
-def end_to_end_velocity(X: torch.Tensor, energy: Energy, depth: int, field=None, beta=None) -> torch.Tensor:
+def end_to_end_velocity(X: torch.Tensor, energy, depth: int, field=None, beta=None) -> torch.Tensor:
     """-A_{N,X}(grad E(X)) (+ A_{N,X}(grad S_beta_F(X)) / beta): the end-to-end gradient flow over F,
     or, with an inverse temperature beta (needs field), the gradient flow of the free energy
     E - S_{beta_F}/beta (THEORY.md section 5, noise-free limit), with the entropy over F."""
@@ -68,8 +66,3 @@ def end_to_end_velocity(X: torch.Tensor, energy: Energy, depth: int, field=None,
         b = b.reshape(-1, 1, 1) if b.dim() == 1 else b  # one inverse temperature per trajectory
         P = P + entropy_field_grad_in_frame(frame.U, frame.s, frame.V.mH, depth, field) / b
     return frame.apply(P, 1.0)
-
-
-def end_to_end_step(X: torch.Tensor, energy: Energy, depth: int, h: float, field=None, beta=None) -> torch.Tensor:
-    """One RK4 step of `end_to_end_velocity` (global error O(h^4))."""
-    return rk4_step(lambda Y: end_to_end_velocity(Y, energy, depth, field, beta), X, h)

@@ -1,5 +1,4 @@
-"""The deep linear network over F = R, C, H: products, parameter gradient, balancedness, balanced
-points, energies, and one step of gradient descent / gradient flow in parameter space.
+"""The deep linear network over F = R, C, H: products, parameter gradient, balancedness, balanced points.
 
     X = phi(W) = W_N ... W_1,   dL/dW_p = W_{N:p+1}* grad E(X) W_{p-1:1}*,
     G_p = W_{p+1}* W_{p+1} - W_p W_p*  (conserved by gradient flow, zero on the balanced manifold),
@@ -12,7 +11,7 @@ the real code with .mH in place of .mT and is the same for C and H.
 
 The real hot path (dlnsim.network, dlnsim.dynamics.gradient) is fused and tuned for real tensors;
 this module is the straightforward version for every F and agrees with it on real input to roundoff
-(tests/test_fields.py).
+(tests/test_fields.py). Energies over F: `dlnsim.field_energies`; steps: `dlnsim.dynamics.field_flows`.
 """
 from __future__ import annotations
 
@@ -21,9 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from ._checks import check_depth
-from .dynamics.base import rk4_step
-from .energies import Energy
-from .fields import embed_diagonal, field_svd, get_field, norm_sq, random_group
+from .fields import embed_diagonal, field_svd, get_field, random_group
 from .network import end_to_end, prefix_products
 
 __all__ = [
@@ -32,10 +29,6 @@ __all__ = [
     "parameter_gradient",
     "balancedness",
     "balanced_weights",
-    "FieldMatrixRegression",
-    "FieldLinearRegression",
-    "descent_step",
-    "gradient_flow_step",
 ]
 
 
@@ -57,7 +50,7 @@ def parameter_gradient_from_end_to_end(weights: Sequence[torch.Tensor], G: torch
     return grads
 
 
-def parameter_gradient(weights: Sequence[torch.Tensor], energy: Energy) -> list[torch.Tensor]:
+def parameter_gradient(weights: Sequence[torch.Tensor], energy) -> list[torch.Tensor]:
     """dL/dW_p for L = E o phi, for the pairing <., .>_F on each layer."""
     prefixes = prefix_products(weights)
     return parameter_gradient_from_end_to_end(weights, energy.grad(prefixes[-1]), prefixes)
@@ -89,67 +82,3 @@ def balanced_weights(X: torch.Tensor, depth: int, field, generator: torch.Genera
     Qs = [V] + inner_Q + [U]
     root = embed_diagonal(s ** (1.0 / depth), F)
     return [Qs[p] @ root @ Qs[p - 1].mH for p in range(1, depth + 1)]
-
-
-class FieldMatrixRegression(Energy):
-    """E(X) = 1/2 ||X - Phi||_F^2 = 1/2 Re tr((X - Phi)*(X - Phi)), grad E = X - Phi.
-
-    target Phi: representation (n, n) or (B, n, n); field: its F (the norm carries the factor 1/2 over H).
-    Invariant under X -> K_1 X K_2 with K_i in K_d only when Phi = 0; it is the Saxe-mode energy.
-    """
-
-    def __init__(self, target: torch.Tensor, field):
-        self.field = get_field(field)
-        self.target = target
-        self.shape = tuple(target.shape[-2:])
-
-    def value_and_grad(self, X):
-        R = X - self.target
-        return 0.5 * norm_sq(R, self.field), R
-
-    def grad(self, X):
-        return X - self.target
-
-    def to(self, dtype=None, device=None):
-        # dtype may be the real working precision: the representation's dtype follows it.
-        if dtype is not None and not dtype.is_complex:
-            dtype = self.field.dtype(dtype)
-        self.target = self.target.to(dtype=dtype, device=device)
-        return self
-
-
-class FieldLinearRegression(Energy):
-    """E(X) = 1/(2n) ||X A - Y||_F^2 over F, grad E = (X A - Y) A* / n.
-
-    inputs A: (n_in, n*r) and outputs Y: (n_out, n*r) representations of d_in x n and d_out x n
-    matrices over F (r = 2 over H: the n samples are the columns of the quaternion matrices).
-    """
-
-    def __init__(self, inputs: torch.Tensor, outputs: torch.Tensor, field):
-        self.field = get_field(field)
-        if inputs.shape[-1] != outputs.shape[-1]:
-            raise ValueError(f"inputs and outputs need the same number of samples, got {inputs.shape[-1]} and {outputs.shape[-1]}")
-        self.n = inputs.shape[-1] // self.field.rep
-        self.inputs, self.outputs = inputs, outputs
-        self.shape = (outputs.shape[-2], inputs.shape[-2])
-
-    def value_and_grad(self, X):
-        R = X @ self.inputs - self.outputs
-        return 0.5 * norm_sq(R, self.field) / self.n, R @ self.inputs.mH / self.n
-
-    def grad(self, X):
-        return (X @ self.inputs - self.outputs) @ self.inputs.mH / self.n
-
-
-def descent_step(weights: list[torch.Tensor], energy: Energy, h: float) -> list[torch.Tensor]:
-    """One gradient-descent step W_p <- W_p - h dL/dW_p (over F: the gradient for <., .>_F)."""
-    return [W - h * g for W, g in zip(weights, parameter_gradient(weights, energy))]
-
-
-def gradient_flow_step(weights: list[torch.Tensor], energy: Energy, h: float) -> list[torch.Tensor]:
-    """One RK4 step of dW_p/dt = -dL/dW_p (global error O(h^4))."""
-    def f(ws):
-        prefixes = prefix_products(ws)
-        return parameter_gradient_from_end_to_end(ws, -energy.grad(prefixes[-1]), prefixes)
-
-    return rk4_step(f, weights, h)

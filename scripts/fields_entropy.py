@@ -20,8 +20,9 @@ import os
 import torch
 
 from dlnsim.entropy_fields import entropy_field, orbit_log_volume_field
-from dlnsim.field_geometry import end_to_end_step
-from dlnsim.field_network import FieldMatrixRegression, balanced_weights, end_to_end, gradient_flow_step
+from dlnsim.dynamics.field_flows import end_to_end_step, gradient_flow_step
+from dlnsim.field_energies import FieldMatrixRegression
+from dlnsim.field_network import balanced_weights, end_to_end
 from dlnsim.fields import embed_diagonal, gaussian, get_field, random_group, singular_values
 from dlnsim.theory import saxe_mode
 

@@ -6,11 +6,12 @@ a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle
     1 kernels      spectral, stats
-    2 mathematics  geometry, entropy, network, theory, gibbs, manifold
-    3 energies     energies
+    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, fields, field_network,
+                   field_geometry, entropy_fields (the DLN over R, C, H)
+    3 energies     energies, field_energies
     4 dynamics     dynamics.*
-    5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts)
-    6 run inputs   config, results, builders
+    5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts), field_observe
+    6 run inputs   config, results, builders, field_runs
     7 run outputs  plotting.*, runner
     8 sweeps       sweep.*, sweep_plots
     9 interface    cli, __main__, the package itself (dlnsim/__init__.py)
@@ -29,11 +30,12 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle"],
     ["spectral", "stats"],
-    ["geometry", "entropy", "network", "theory", "gibbs", "manifold"],
-    ["energies"],
+    ["geometry", "entropy", "network", "theory", "gibbs", "manifold",
+     "fields", "field_network", "field_geometry", "entropy_fields"],
+    ["energies", "field_energies"],
     ["dynamics"],
-    ["observe", "simulation", "run_theory", "problems"],
-    ["config", "results", "builders"],
+    ["observe", "simulation", "run_theory", "problems", "field_observe"],
+    ["config", "results", "builders", "field_runs"],
     ["plotting", "runner"],
     ["sweep", "sweep_plots"],
     ["cli", "__main__", "__init__"],

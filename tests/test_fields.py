@@ -20,17 +20,10 @@ from dlnsim.entropy_fields import (
     log_sphere_volume,
     orbit_log_volume_field,
 )
-from dlnsim.field_geometry import FieldFrame, end_to_end_step, field_metric_operator
-from dlnsim.field_network import (
-    FieldLinearRegression,
-    FieldMatrixRegression,
-    balanced_weights,
-    balancedness,
-    descent_step,
-    end_to_end,
-    gradient_flow_step,
-    parameter_gradient,
-)
+from dlnsim.dynamics.field_flows import descent_step, end_to_end_step, gradient_flow_step
+from dlnsim.field_energies import FieldLinearRegression, FieldMatrixRegression
+from dlnsim.field_geometry import FieldFrame, field_metric_operator
+from dlnsim.field_network import balanced_weights, balancedness, end_to_end, parameter_gradient
 from dlnsim.fields import (
     complex_to_real,
     embed_diagonal,
