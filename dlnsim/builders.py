@@ -22,6 +22,7 @@ from .observe import Observer, default_include
 from .options import ConfigError
 from .run_theory import initial_spectrum, wants_reference_flow
 from .simulation import Simulation
+from . import field_runs
 
 __all__ = [
     "device_dtype",
@@ -69,6 +70,8 @@ def build_energy(cfg: dict, device=None, dtype=None) -> Energy:
     if device is None or dtype is None:
         d, t = device_dtype(cfg)
         device, dtype = device or d, dtype or t
+    if field_runs.is_field_run(cfg):  # complex / quaternion weights: the energy over F
+        return field_runs.build_energy(cfg, device, dtype)
     energy = ENERGIES[cfg["energy"]["type"]].from_config(cfg["energy"], cfg["network"]["widths"])
     return energy.to(dtype=dtype, device=device)
 
@@ -91,6 +94,8 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
     """The initial ensemble (batch = ensemble x number of betas) of cfg['network']."""
     device, dtype = device_dtype(cfg)
     net, B = cfg["network"], batch_size(cfg)
+    if field_runs.is_field_run(cfg):
+        return field_runs.network_module(field_runs.build_weights(cfg, B, generator, device, dtype))
     if net["init"] == "file":
         ws = [w.to(dtype=dtype, device=device) for w in read_weight_file(net["file"])]
         ws = [w.unsqueeze(0) if w.dim() == 2 else w for w in ws]
@@ -110,6 +115,8 @@ def build_scheme(cfg: dict, energy: Energy, generator: torch.Generator | None = 
     cls = SCHEMES[dyn["scheme"]]
     if beta is None:
         beta = beta_of(cfg, *device_dtype(cfg))
+    if field_runs.is_field_run(cfg):
+        return field_runs.build_scheme(cfg, energy, beta)
     try:
         return cls.from_config(energy, dyn["step_size"], cfg["network"]["depth"], beta=beta, generator=generator,
                                time_scale=dyn["time_scale"], options=dyn["options"])
@@ -125,6 +132,8 @@ def build_observer(cfg: dict, energy: Energy, scheme: Scheme | None = None, beta
         scheme = build_scheme(cfg, energy)
     if beta is None:
         beta = beta_of(cfg, *device_dtype(cfg))
+    if field_runs.is_field_run(cfg):
+        return field_runs.build_observer(cfg, energy, beta)
     return Observer(energy, cfg["network"]["depth"], include=default_include(cfg, type(scheme)), beta=beta)
 
 

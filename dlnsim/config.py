@@ -52,6 +52,7 @@ from .options import (  # noqa: F401  (re-exported: the checkers were defined he
     show as _show,
 )
 from .run_theory import reference_flow_applies
+from .field_runs import FIELD_NAMES, check_config as _field_rules
 
 __all__ = [
     "ConfigError",
@@ -73,7 +74,7 @@ SCHEMES = tuple(SCHEME_CLASSES)
 STOCHASTIC_SCHEMES = tuple(k for k, c in SCHEME_CLASSES.items() if c.stochastic)
 ENERGIES = tuple(ENERGY_CLASSES)
 INITS = ("balanced", "gaussian", "orthogonal", "identity", "file")
-FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion")
+FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion", "fields")
 
 
 O = Option
@@ -91,6 +92,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
                     Matrix(words=("aligned", "gaussian"), nullable=True)),
         "file": O(None, "init: file: .pt (list of tensors W_1..W_N) or .npz (W1..WN), each (d_p, d_{p-1}) or (B, d_p, d_{p-1})",
                   Str(nullable=True)),
+        "field": O("real", "number system of the weights: real | complex | quaternion (docs/theory_complex.md; complex/quaternion: "
+                   "square widths, init balanced|gaussian, matrix_regression, gradient_descent|gradient_flow|end_to_end_flow|free_energy_flow)",
+                   Choice(FIELD_NAMES)),
     },
     "energy": {
         "type": O("matrix_regression", "matrix_regression 1/2||X-Phi||^2 | linear_regression 1/(2n)||XA-Y||^2 | matrix_completion 1/2||mask o (X-Phi)||^2 | weight_decay alpha/2||X||^2",
@@ -312,6 +316,7 @@ def _resolve(c: dict) -> None:
     _energy_rules(c["energy"], c["network"]["widths"])
     _resolve_dynamics(c)
     _resolve_observers(c)
+    _field_rules(c)
     if c["device"]["device"] == "cuda":
         if not torch.cuda.is_available():
             _fail("device.device", "cuda was requested but no CUDA device is available; use cpu or auto")

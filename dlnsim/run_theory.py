@@ -97,7 +97,7 @@ def reference_flow_applies(cfg: dict) -> bool:
     scheme without entropic drift, square widths (dynamics.theory: true is refused otherwise)."""
     scheme = SCHEMES[cfg["dynamics"]["scheme"]]
     return (scheme.space == "parameters" and not scheme.stochastic and not scheme.needs_beta and _square(cfg)
-            and len(cfg["network"]["widths"]) > 1)
+            and len(cfg["network"]["widths"]) > 1 and cfg["network"].get("field", "real") == "real")
 
 
 def wants_reference_flow(cfg: dict, study_figure: str | None = None) -> bool:

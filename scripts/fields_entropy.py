@@ -1,6 +1,10 @@
-"""Showcase: the DLN over R, C, H (beta = 1, 2, 4) — entropy along gradient flow and Saxe modes.
+"""The DLN over R, C, H (beta = 1, 2, 4) from the Python API: entropy along gradient flow, Saxe modes.
 
-    PYTHONPATH=$PWD python scripts/fields_entropy.py [--out results/showcase/fields_entropy.png]
+    PYTHONPATH=$PWD python scripts/fields_entropy.py [--out results/fields_entropy_api.png]
+
+The committed showcase results/showcase/fields_entropy.png comes from the run layer
+(`dlnsim run configs/fields_entropy.yaml`, network.field); this script is the same study written
+against the library functions, with a non-aligned balanced start and the end-to-end flow.
 
 Energy E = 1/2 ||X - Phi||_F^2 (Re tr pairing over F), d = 3, N = 3, Phi = U diag(3, 2, 1) V*.
 (a) Parameter-space gradient flow (RK4, h = 0.005) from a balanced start: the closed form
@@ -107,7 +111,7 @@ def plot(results: dict, path: str, depth: int, h: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/showcase/fields_entropy.png")
+    ap.add_argument("--out", default="results/fields_entropy_api.png")
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--step", type=float, default=0.005)
     args = ap.parse_args()
