@@ -107,6 +107,9 @@ def field_target(cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(en["seed"])
         U, V = random_group((), d, F, generator=g), random_group((), d, F, generator=g)
         s = torch.arange(d, 0, -1, dtype=torch.float64) if en["spectrum"] is None else torch.tensor(en["spectrum"], dtype=torch.float64)
+        # descending, as an SVD orders them: the aligned start pairs network.spectrum with these in
+        # the order the real run (and run_theory's Saxe curve) does
+        s = s.sort(descending=True).values
         return U @ embed_diagonal(s, F) @ V.mH, U, V
     Phi = _embed(target_matrix(en, widths), F)
     U, _, V = field_svd(Phi, F)
