@@ -26,6 +26,8 @@ from .entropy import (  # noqa: F401
     log_orthogonal_volume,
     orbit_log_volume,
 )
+from .entropy_fields import entropy_field, log_group_volume, orbit_log_volume_field  # noqa: F401
+from .fields import get_field  # noqa: F401  (networks over R, C, H: docs/theory_complex.md)
 from .geometry import (  # noqa: F401
     SpectralFrame,
     horizontal_lift,
