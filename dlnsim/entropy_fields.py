@@ -33,7 +33,7 @@ import math
 import torch
 
 from ._checks import check_depth
-from .fields import get_field, inner, lie_algebra_basis, singular_values
+from .fields import get_field, lie_algebra_basis, singular_values
 from .spectral import dlog_kernel_ds, log_kernel
 
 __all__ = [
@@ -146,7 +146,9 @@ def orbit_log_volume_field(weights: list[torch.Tensor], field) -> torch.Tensor:
         return torch.full(batch, const, dtype=real, device=W0.device)
 
     def gram(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:  # X, Y (..., m, n, n) -> (..., m, m)
-        return inner(X.unsqueeze(-3), Y.unsqueeze(-4), F)
+        # <X_a, Y_b>_F as one matmul over the flattened entries (no (m, m, n, n) intermediate)
+        G = X.flatten(-2).conj() @ Y.flatten(-2).mT
+        return F.pairing_scale * (G.real if G.is_complex() else G)
 
     def diag_block(q: int) -> torch.Tensor:
         left = B @ weights[q - 1].unsqueeze(-3)  # F_a W_q

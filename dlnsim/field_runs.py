@@ -30,7 +30,7 @@ from .field_network import balanced_weights
 from .field_observe import FieldObserver
 from .network import DeepLinearNetwork
 from .fields import FIELDS, embed_diagonal, field_svd, gaussian, get_field, quaternion_to_complex, random_group
-from .observe import default_include
+from .observe import ENTROPY_MEASURED_AUTO_MAX, default_include
 from .options import fail
 from .run_theory import initial_spectrum
 
@@ -168,5 +168,11 @@ def build_scheme(cfg: dict, energy, beta):
 
 
 def build_observer(cfg: dict, energy, beta) -> FieldObserver:
-    include = default_include(cfg, SCHEMES[cfg["dynamics"]["scheme"]])
-    return FieldObserver(energy, cfg["network"]["depth"], cfg["network"]["field"], include=[k for k in include if k != "X"], beta=beta)
+    """FieldObserver of the run's observables. entropy_measured: auto keeps it while the Gram matrix has
+    at most ENTROPY_MEASURED_AUTO_MAX rows, counted over F: (N-1) dim k_d = (N-1)(beta d(d-1)/2 + (beta-1) d)."""
+    net = cfg["network"]
+    include = [k for k in default_include(cfg, SCHEMES[cfg["dynamics"]["scheme"]]) if k != "X"]
+    rows = (net["depth"] - 1) * get_field(net["field"]).lie_dim(net["widths"][0])
+    if cfg["observers"]["entropy_measured"] == "auto" and rows > ENTROPY_MEASURED_AUTO_MAX:
+        include = [k for k in include if k != "entropy_measured"]
+    return FieldObserver(energy, net["depth"], net["field"], include=include, beta=beta)

@@ -108,3 +108,12 @@ def test_aligned_start_pairs_modes_as_the_real_run():
         s = torch.stack([m["singular_values"] for m in sim.saved])
         saxe = torch.as_tensor(saxe_reference(cfg, np.array(sim.times)))
         assert (s - saxe.unsqueeze(1)).abs().max() < 3e-7  # RK4 h = 0.01: measured 4.9e-8 (R and C alike)
+
+
+def test_entropy_measured_auto_counts_the_gram_size_over_F():
+    """auto: (N-1) dim k_d <= ENTROPY_MEASURED_AUTO_MAX with dim k_d over F (H, d = 4: 36 per layer)."""
+    from dlnsim.builders import build_energy, build_observer
+
+    for field, d, N, kept in (("complex", 4, 3, True), ("quaternion", 4, 3, False), ("quaternion", 3, 3, True)):
+        cfg = _cfg(field, network__width=d, network__depth=N, energy__spectrum=None, observers__entropy_measured="auto")
+        assert ("entropy_measured" in build_observer(cfg, build_energy(cfg)).include) == kept
