@@ -338,7 +338,7 @@ def _fig_fields(vs):
     axes[0].set(xlabel="time $t$", ylabel="singular values $s_i(X(t))$", title="aligned balanced start: Saxe modes")
     axes[1].set(xlabel="time $t$", ylabel="entropy", title=r"$S_\beta$ formula vs measured (balanced starts)")
     axes[2].set(xlabel="time $t$", ylabel=r"$|S_{measured}(W) - S_\beta(\phi(W))|$", yscale="log",
-                title="agreement on the balanced manifold")
+                title="agreement on the balanced manifold, departure off it")
     for ax in axes:
         ax.legend(fontsize=6.5)
     c0 = vs[0][1]
