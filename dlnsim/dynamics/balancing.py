@@ -60,6 +60,7 @@ __all__ = [
     "regularizer",
     "training_decomposition",
     "balance",
+    "balance_from_gaussian",
     "BalancingFlow",
     "WeightDecayDescent",
 ]
@@ -200,6 +201,21 @@ def balance(weights: list[torch.Tensor], metric: str = "induced", tol: float = 1
         ws, _, _ = dopri5_advance(lambda v: balancing_velocity(v, metric), ws, chunk, None, rtol, atol, 100000)
         t += chunk
     return ws, t
+
+
+def balance_from_gaussian(d: int, depth: int, batch: int = 1, scale: float = 1.0, *, generator: torch.Generator | None = None,
+                          metric: str = "induced", tol: float = 1e-10, dtype=torch.float64, device=None) -> list[torch.Tensor]:
+    """`init: balance_from_gaussian`: Gaussian weights W_p ~ scale N(0, 1/d) entrywise, flowed to the
+    balanced point of their fiber (`balance`); [W_1..W_N], each (batch, d, d), with the Gaussian X kept.
+
+    Unlike `balanced_weights` (balanced point over a chosen X with Haar hidden frames), X here is the
+    product of Gaussian layers and the hidden frames are those the flow selects.
+    """
+    from ..network import DeepLinearNetwork
+
+    net = DeepLinearNetwork([d] * (depth + 1), batch, init="gaussian", scale=scale, dtype=dtype, device=device, generator=generator)
+    weights = [W.detach() for W in net.weight_list()]
+    return balance(weights, metric=metric, tol=tol)[0]
 
 
 class BalancingFlow(_FlowIntegrator, Scheme):
