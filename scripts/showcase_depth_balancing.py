@@ -205,8 +205,8 @@ def _gd_imbalance(ax, E, N, d, g, T=30.0):
                 Gs.append(float(balancedness(st.weights).norm()))
             ax.semilogy(ts, np.maximum(Gs, 1e-17), ls, color=f"C{j + 3}", label=f"lam = {lam:g}, h = {hh:g}")
     ax.set(xlabel="t = steps x h", ylabel="||G(t)||_F")
-    ax.set_title("(f) GD from a small balanced start: each step adds h^2 (g^T g - g g^T)\n"
-                 "(the flow keeps G = 0); weight decay contracts by (1 - h lam)^2", fontsize=9)
+    ax.set_title("(f) GD, small balanced start: each step adds\nh^2 (g^T g - g g^T) (the flow keeps G = 0);"
+                 " weight decay\ncontracts G by (1 - h lam)^2 per step", fontsize=9)
     ax.legend(fontsize=7)
 
 
