@@ -81,16 +81,24 @@ def rle_drift_inf(X: torch.Tensor, energy: Energy, beta) -> torch.Tensor:
     return frame.U @ _frame_drift_inf(frame, energy.grad(X), as_beta(beta, X)) @ frame.V.mT
 
 
-def infinite_depth_velocity(X: torch.Tensor, energy: Energy, beta=None) -> torch.Tensor:
-    """-A_inf(grad E) [+ beta^{-1} A_inf(grad S_inf)]: the end-to-end (free-energy) flow at depth inf."""
-    check_matrix(X, square=beta is not None)
-    if beta is not None:
-        check_beta(beta)
+def _velocity_inf(X: torch.Tensor, energy: Energy, beta: torch.Tensor | None) -> torch.Tensor:
     frame = infinite_depth_frame(X)
     P = -energy.grad(X)
     if beta is not None:
-        P = P + frame.from_singular(entropy_inf_grad_singular_values(frame.s)) / as_beta(beta, X)
+        P = P + frame.from_singular(entropy_inf_grad_singular_values(frame.s)) / beta
     return frame.apply(P, 1.0)
+
+
+def infinite_depth_velocity(X: torch.Tensor, energy: Energy, beta=None) -> torch.Tensor:
+    """-A_inf(grad E) [+ beta^{-1} A_inf(grad S_inf)]: the end-to-end (free-energy) flow at depth inf.
+
+    X (B, d_out, d_in); square and full rank when beta is given (S_inf needs it).
+    """
+    check_matrix(X, square=beta is not None)
+    if beta is not None:
+        check_beta(beta)
+        beta = as_beta(beta, X)
+    return _velocity_inf(X, energy, beta)
 
 
 def rle_drift_inf_autograd(X: torch.Tensor, energy: Energy, beta) -> torch.Tensor:
@@ -164,12 +172,15 @@ class InfiniteDepthFlow(_InfiniteDepth, _FlowIntegrator, Scheme):
         self._beta_cache: dict = {}
 
     def velocity(self, X: torch.Tensor) -> torch.Tensor:
-        frame = infinite_depth_frame(X)
-        P = -self.energy.grad(X)
-        if self.beta is not None:
-            beta = as_beta(self.beta, X, self._beta_cache)
-            P = P + frame.from_singular(entropy_inf_grad_singular_values(frame.s)) / beta
-        return frame.apply(P, 1.0)
+        beta = None if self.beta is None else as_beta(self.beta, X, self._beta_cache)
+        return _velocity_inf(X, self.energy, beta)
+
+    def init_state(self, weights=None, X=None) -> State:
+        # rectangular X is fine for the flow of E (A_inf is defined for every X); S_inf needs square X
+        state = Scheme.init_state(self, weights=weights, X=X)
+        if self.beta is not None and state.X.shape[-1] != state.X.shape[-2]:
+            raise ValueError(f"{self.name} with beta (free-energy flow) needs square X (B, d, d), got shape {tuple(state.X.shape)}")
+        return state
 
     def step(self, state: State) -> State:
         state.X = self._advance(self.velocity, state.X, state)
