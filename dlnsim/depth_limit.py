@@ -29,7 +29,7 @@ import torch
 
 from ._checks import check_depth, check_full_rank, check_matrix
 from .entropy import entropy_from_singular_values, log_orthogonal_volume
-from .spectral import log_kernel_inf, logmean_slope
+from .spectral import logmean_slope
 
 __all__ = [
     "entropy_divergent_part",
@@ -50,8 +50,7 @@ def entropy_divergent_part(d: int, depth: int) -> float:
 
 def entropy_inf_from_singular_values(s: torch.Tensor) -> torch.Tensor:
     """S_inf = 1/2 sum_{i<j} log logmean(s_i^2, s_j^2); s (..., d) -> (...,). No rank check."""
-    i, j = torch.triu_indices(s.shape[-1], s.shape[-1], offset=1, device=s.device).unbind(0)
-    return 0.5 * log_kernel_inf(s)[..., i, j].sum(dim=-1)
+    return entropy_from_singular_values(s, math.inf)
 
 
 def entropy_inf(X: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,15 @@
-"""Showcase figures for the infinite-depth limit and the balancing flows (Python API).
+"""Detail figures for the infinite-depth limit and the balancing flows, drawn with the Python API.
+
+The config-driven showcase figures are configs/infinite_depth.yaml and configs/balancing.yaml
+(results/showcase/infinite_depth.png, balancing.png); this script adds what a run's arrays do not
+hold (the learning/regularizing split of the velocity, GD's imbalance from a balanced start).
 
     PYTHONPATH=. python scripts/showcase_depth_balancing.py [--out results/showcase] [--only depth|balancing]
 
-infinite_depth.png: the end-to-end flow and the free-energy flow of X (time in units of N) at
+infinite_depth_detail.png: the end-to-end flow and the free-energy flow of X (time in units of N) at
 N = 2, 4, 16, 64 and N = inf, and the distance of each finite-N trajectory to the N = inf one
 against N (rate 1/N).
-balancing.png: the balancing flows on the fiber of a Gaussian start (||G(t)|| against the exact
+balancing_detail.png: the balancing flows on the fiber of a Gaussian start (||G(t)|| against the exact
 e^{-2t} law of the induced flow and the linearized rate of the group flow; the orbit volume against
 S(X)), and gradient descent with weight decay from the same start (balancedness against
 e^{-2 lam t}, exact for the flow; the split of the velocity into the learning flow and the
@@ -111,7 +115,7 @@ def figure_depth(out):
     fig.suptitle("Infinite-depth limit: E = 1/2 ||X - Phi||^2, d = 3, Phi spectrum (3, 1.5, 0.5), RK4 h = 0.01 "
                  "(Cohen, Menon & Veraszto time scale)", fontsize=10)
     fig.tight_layout()
-    path = os.path.join(out, "infinite_depth.png")
+    path = os.path.join(out, "infinite_depth_detail.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -224,7 +228,7 @@ def figure_balancing(out):
     fig.suptitle("Balancing flows (Lindsey & Menon): fiber gradient flows of R = 1/2 sum ||W_p||^2, and training with "
                  "weight decay on E = 1/2 ||X - Phi||^2, Phi spectrum (2, 1, 0.5), d = 3, N = 4", fontsize=10)
     fig.tight_layout()
-    path = os.path.join(out, "balancing.png")
+    path = os.path.join(out, "balancing_detail.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -23,6 +23,7 @@ from dlnsim.depth_limit import (
 from dlnsim.dynamics.gradient import EndToEndFlow
 from dlnsim.dynamics.infinite_depth import (
     InfiniteDepthFlow,
+    InfiniteDepthFreeEnergyFlow,
     InfiniteDepthLangevin,
     infinite_depth_velocity,
     rle_drift_inf,
@@ -284,7 +285,7 @@ def test_finite_depth_rle_converges_pathwise_to_the_infinite_depth_rle():
     # order): at N = 16 it broke after ~15 steps here (error 2e-2 -> 0.17), hence 10 steps.
     X0, E = _case(18, [[2.0, 1.0, 0.5], [1.5, 1.2, 0.8]])
     h, n, beta = 0.01, 10, 4.0
-    inf = InfiniteDepthLangevin(E, h, beta, generator=make_generator(1))
+    inf = InfiniteDepthLangevin(E, h, beta=beta, generator=make_generator(1))
     Xi = _run(inf, X0, n)
     Ns = [16, 32, 64, 128]
     errs = []
@@ -298,9 +299,15 @@ def test_finite_depth_rle_converges_pathwise_to_the_infinite_depth_rle():
 def test_infinite_depth_schemes_validate():
     E = WeightDecay(1.0)
     with pytest.raises(ValueError, match="beta"):
-        InfiniteDepthLangevin(E, 0.1, -1.0)
+        InfiniteDepthLangevin(E, 0.1, beta=-1.0)
     with pytest.raises(ValueError, match="step_size"):
         InfiniteDepthFlow(E, 0.0)
     with pytest.raises(ValueError, match="square"):
-        InfiniteDepthLangevin(E, 0.1, 1.0).init_state(X=torch.zeros(1, 2, 3, dtype=DTYPE))
+        InfiniteDepthLangevin(E, 0.1, beta=1.0).init_state(X=torch.zeros(1, 2, 3, dtype=DTYPE))
+    with pytest.raises(ValueError, match="time_scale 'depth'"):
+        InfiniteDepthFlow(E, 0.1, time_scale="none")
+    with pytest.raises(ValueError, match="depth must be inf"):
+        InfiniteDepthFlow(E, 0.1, 8)
+    with pytest.raises(ValueError, match="beta"):
+        InfiniteDepthFreeEnergyFlow(E, 0.1)
     assert InfiniteDepthFlow(E, 0.1).depth == math.inf

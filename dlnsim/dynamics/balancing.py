@@ -46,6 +46,7 @@ import torch
 
 from .._checks import check_square_weights
 from ..energies import Energy
+from ..options import Choice, Num, check_options
 from ..network import balancedness, end_to_end
 from .base import Scheme, State, dopri5_advance, rk4_step
 from .gradient import _FlowIntegrator, parameter_gradient
@@ -224,6 +225,18 @@ class BalancingFlow(_FlowIntegrator, Scheme):
     The energy is not used (X stays fixed); it may be None."""
 
     name = "balancing_flow"
+    square_only = True
+    reference_flow = False
+    option_spec = {**_FlowIntegrator.option_spec, "metric": Choice(BALANCING_METRICS)}
+
+    @classmethod
+    def config_options(cls, options: dict, path: str = "dynamics.options") -> dict:
+        # metric is this scheme's own; the integrator's rule (rtol/atol only with dopri5) sees the rest
+        rest = {k: v for k, v in options.items() if k != "metric"}
+        out = super().config_options(rest, path)
+        if "metric" in options:
+            out["metric"] = check_options({"metric": options["metric"]}, {"metric": cls.option_spec["metric"]}, path, cls.name)["metric"]
+        return out
 
     def __init__(self, energy: Energy | None, step_size: float, depth: int, *, metric: str = "induced",
                  method: str = "rk4", rtol: float | None = None, atol: float | None = None, max_substeps: int | None = None):
@@ -253,8 +266,10 @@ class WeightDecayDescent(Scheme):
     """
 
     name = "weight_decay_descent"
+    reference_flow = False
+    option_spec = {"weight_decay": Num(ge=0), "method": Choice(("euler", "rk4"))}
 
-    def __init__(self, energy: Energy, step_size: float, depth: int, *, weight_decay: float, method: str = "euler"):
+    def __init__(self, energy: Energy, step_size: float, depth: int, *, weight_decay: float = 0.0, method: str = "euler"):
         super().__init__(energy, step_size, depth)
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < float("inf"):
             raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")

@@ -48,6 +48,7 @@ __all__ = [
     "rle_drift_inf_autograd",
     "infinite_depth_velocity",
     "InfiniteDepthFlow",
+    "InfiniteDepthFreeEnergyFlow",
     "InfiniteDepthLangevin",
 ]
 
@@ -134,12 +135,23 @@ def rle_drift_inf_autograd(X: torch.Tensor, energy: Energy, beta) -> torch.Tenso
 
 
 class _InfiniteDepth:
-    """Scheme attributes shared by the depth-inf schemes: depth = inf and time in units of N."""
+    """Scheme attributes shared by the depth-inf schemes: depth = inf and time in units of N.
+
+    The constructors take (energy, step_size, depth=inf, *, time_scale="depth", ...) like their
+    finite-depth counterparts, so that the run layer builds them the same way; any other depth or
+    time scale is refused (A_{N,X} itself has no limit, only A_{N,X}/N).
+    """
 
     depth = math.inf
     time_scale = "depth"
 
-    def _base_init(self, energy: Energy, step_size: float) -> None:
+    def _base_init(self, energy: Energy, step_size: float, depth, time_scale: str) -> None:
+        if depth != math.inf:
+            raise ValueError(f"{type(self).__name__} is the depth-inf scheme: depth must be inf, got {depth!r}")
+        if time_scale != "depth":
+            raise ValueError(
+                f"depth inf needs time_scale 'depth' (time in units of N: A_N/N has a limit, A_N does not), got {time_scale!r}"
+            )
         # Scheme.__init__ would cast depth to int: validate step_size the same way, keep depth = inf.
         Scheme.__init__(self, energy, step_size, 1)
         self.depth = math.inf
@@ -156,15 +168,16 @@ class InfiniteDepthFlow(_InfiniteDepth, _FlowIntegrator, Scheme):
 
     The N -> inf limit of EndToEndFlow(energy, h, N, time_scale="depth", beta=beta): the finite-N
     trajectories converge to this one at rate 1/N. beta None: gradient flow of E for g^inf;
-    beta > 0 (number or (B,)): the free-energy flow of F = E - S_inf/beta.
+    beta > 0 (number or (B,)): the free-energy flow of F = E - S_inf/beta. Config: scheme
+    end_to_end_flow with network.depth: inf.
     """
 
-    name = "end_to_end_flow_inf"
+    name = "end_to_end_flow"
     space = "end_to_end"
 
-    def __init__(self, energy: Energy, step_size: float, beta=None, *, method: str = "rk4",
-                 rtol: float | None = None, atol: float | None = None, max_substeps: int | None = None):
-        self._base_init(energy, step_size)
+    def __init__(self, energy: Energy, step_size: float, depth=math.inf, *, time_scale: str = "depth", beta=None,
+                 method: str = "rk4", rtol: float | None = None, atol: float | None = None, max_substeps: int | None = None):
+        self._base_init(energy, step_size, depth, time_scale)
         self._set_method(method, rtol, atol, max_substeps)
         if beta is not None:
             check_beta(beta)
@@ -189,6 +202,19 @@ class InfiniteDepthFlow(_InfiniteDepth, _FlowIntegrator, Scheme):
         return state
 
 
+class InfiniteDepthFreeEnergyFlow(InfiniteDepthFlow):
+    """InfiniteDepthFlow with its entropic drift (beta required): config scheme free_energy_flow at depth inf."""
+
+    name = "free_energy_flow"
+    needs_beta = True
+    square_only = True
+
+    def __init__(self, energy: Energy, step_size: float, depth=math.inf, *, beta=None, **kw):
+        if beta is None:
+            raise ValueError("the free-energy flow needs an inverse temperature beta (a positive number or (B,) tensor)")
+        super().__init__(energy, step_size, depth, beta=beta, **kw)
+
+
 class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
     """Euler-Maruyama for the infinite-depth RLE of X (B, d, d), in the SVD frame (one SVD per step):
 
@@ -203,13 +229,16 @@ class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
     (zero in exact arithmetic at depth inf; nonzero means h is too large).
     """
 
-    name = "riemannian_langevin_inf"
+    name = "rle"
     space = "end_to_end"
     stochastic = True
+    needs_beta = True
+    square_only = True
     stat_names = ("rank_crossings",)
 
-    def __init__(self, energy: Energy, step_size: float, beta, *, generator: torch.Generator | None = None):
-        self._base_init(energy, step_size)
+    def __init__(self, energy: Energy, step_size: float, depth=math.inf, *, beta=None, time_scale: str = "depth",
+                 generator: torch.Generator | None = None):
+        self._base_init(energy, step_size, depth, time_scale)
         self._beta_cache: dict = {}
         check_beta(beta)
         self._beta = beta
