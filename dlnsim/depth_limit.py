@@ -39,6 +39,8 @@ __all__ = [
     "entropy_inf_grad_singular_values",
     "entropy_inf_grad",
     "metric_operator_inf_quadrature",
+    "saxe_time_inf",
+    "saxe_mode_inf",
 ]
 
 
@@ -105,3 +107,38 @@ def metric_operator_inf_quadrature(X: torch.Tensor, P: torch.Tensor, nodes: int 
     # weight_ab = sum_k w_k lam_l,a^{1-u_k} lam_r,b^{u_k}
     e = torch.exp((1 - u) * log_l.unsqueeze(-1).unsqueeze(-1) + u * log_r.unsqueeze(-2).unsqueeze(-1))
     return Ql @ ((e * w).sum(-1) * Pf) @ Qr.mT
+
+
+def saxe_time_inf(u, lam, u0) -> torch.Tensor:
+    """Time for an aligned mode of the depth-inf flow (time in units of N) to go from u0 to u:
+
+        du/dt = K^inf_ii (lambda - u) = u^2 (lambda - u),
+        t(u) = T(u) - T(u0),  T(u) = -1/(lambda u) + log(u / |lambda - u|) / lambda^2   (lambda > 0),
+
+    the N -> inf limit of the Saxe modes du/dt = u^{2(N-1)/N} (lambda - u). u between u0 and lambda.
+    """
+    u, lam, u0 = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for v in (u, lam, u0)))
+    T = lambda v: -1.0 / (lam * v) + torch.log(v / (lam - v).abs()) / lam**2  # noqa: E731
+    return T(u) - T(u0)
+
+
+def saxe_mode_inf(t, lam, u0) -> torch.Tensor:
+    """u(t) for du/dt = u^2 (lambda - u), u(0) = u0: the depth-inf Saxe mode (float64, broadcast shape).
+
+    lambda >= 0, u0 > 0, t >= 0. lambda = 0: u = (u0^{-2} + 2 t)^{-1/2}. Otherwise t(u) of
+    `saxe_time_inf` is inverted by bisection in z = -log|(lambda - u)/(lambda - u0)|, on which it increases.
+    """
+    t, lam, u0 = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for v in (t, lam, u0)))
+    if bool((lam < 0).any()) or bool((u0 <= 0).any()) or bool((t < 0).any()):
+        raise ValueError("saxe_mode_inf needs lam >= 0, u0 > 0 and t >= 0")
+    decay = torch.where(lam == 0, torch.ones_like(lam), lam)
+    gap0 = decay - u0
+    gap0 = torch.where(gap0 == 0, torch.ones_like(gap0), gap0)
+    lo, hi = torch.zeros_like(t), torch.full_like(t, 745.0)  # e^{-745} underflows: u = lambda, t = inf
+    for _ in range(110):
+        mid = 0.5 * (lo + hi)
+        below = saxe_time_inf(decay - gap0 * torch.exp(-mid), decay, u0) < t
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    out = decay - gap0 * torch.exp(-0.5 * (lo + hi))
+    out = torch.where(u0 == lam, lam, out)
+    return torch.where(lam == 0, (u0**-2 + 2 * t) ** -0.5, out)

@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 
+from .depth_limit import saxe_mode_inf
 from .dynamics import SCHEMES
 from .energies import target_matrix
 from .gibbs import SingularValueLaw
@@ -70,8 +71,7 @@ def saxe_setting(cfg: dict) -> bool:
     aligned with the target, a deterministic gradient scheme without entropic drift?"""
     net, scheme = cfg["network"], SCHEMES[cfg["dynamics"]["scheme"]]
     return (cfg["energy"]["type"] == "matrix_regression" and net["init"] == "balanced" and net["target"] == "aligned"
-            and not scheme.stochastic and not scheme.needs_beta and scheme.reference_flow
-            and net["depth"] != math.inf)  # the depth-inf Saxe modes (du/dt = u^2 (lambda - u)) are not drawn
+            and not scheme.stochastic and not scheme.needs_beta and scheme.reference_flow)
 
 
 def saxe_reference(cfg: dict, t: np.ndarray) -> np.ndarray | None:
@@ -81,6 +81,9 @@ def saxe_reference(cfg: dict, t: np.ndarray) -> np.ndarray | None:
     net, dyn = cfg["network"], cfg["dynamics"]
     lam = torch.linalg.svdvals(target_matrix(cfg["energy"], net["widths"]))
     N = net["depth"]
+    if N == math.inf:  # du/dt = u^2 (lambda - u), time in units of N (the only time scale at depth inf)
+        u = saxe_mode_inf(torch.as_tensor(t, dtype=torch.float64).unsqueeze(-1), lam, initial_spectrum(cfg))
+        return u.sort(dim=-1, descending=True).values.numpy()
     scale = 1.0 / N if dyn["time_scale"] == "depth" else 1.0
     tt = torch.as_tensor(t, dtype=torch.float64).unsqueeze(-1) * scale
     u = saxe_mode(tt, lam, initial_spectrum(cfg), N)

@@ -52,9 +52,18 @@ def test_depth_inf_rules():
         _cfg(network={"depth": "infinite"})
 
 
-def test_depth_inf_has_no_saxe_or_gibbs_theory():
-    cfg = _cfg(network={"depth": ".inf", "target": "aligned"}, dynamics={"scheme": "end_to_end_flow", "time_scale": "depth"})
-    assert not saxe_setting(cfg)
+def test_depth_inf_saxe_theory_and_no_gibbs_law():
+    from dlnsim.run_theory import saxe_reference
+
+    cfg = _cfg(network={"depth": ".inf", "target": "aligned", "spectrum": [0.2, 0.1]},
+               energy={"type": "matrix_regression", "target": "diag", "spectrum": [2.0, 1.0]},
+               dynamics={"scheme": "end_to_end_flow", "time_scale": "depth", "steps": 300, "step_size": 0.01})
+    assert saxe_setting(cfg)
+    sim, _ = build_simulation(cfg)
+    sim.run(300)
+    s = torch.linalg.svdvals(sim.state.X)[0].numpy()
+    ref = saxe_reference(cfg, [sim.state.t])[0]
+    assert abs(s - ref).max() < 1e-9  # the depth-inf Saxe modes; RK4 h = 0.01
     cfg = _cfg(network={"depth": ".inf"}, energy={"type": "weight_decay"},
                dynamics={"scheme": "rle", "time_scale": "depth", "beta": 2.0})
     assert not gibbs_setting(cfg)  # exp(-beta E + S_inf) dvol is not normalizable at depth inf
