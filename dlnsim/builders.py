@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from .dynamics import SCHEMES, EndToEndFlow, Scheme, State
+from .dynamics import EndToEndFlow, Scheme, State, scheme_class
+from .dynamics.balancing import balance_from_gaussian
 from .energies import ENERGIES, Energy, target_matrix
 from .network import DeepLinearNetwork, read_weight_file
 from .observe import Observer, default_include
@@ -103,6 +104,10 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
             if w.shape[0] not in (1, B):
                 raise ConfigError(f"network.file: W_{p} has batch {w.shape[0]}, the run has {B} trajectories (give 1 or {B})")
         return DeepLinearNetwork.from_weights([w.expand(B, -1, -1) for w in ws], requires_grad=False)
+    if net["init"] == "balance_from_gaussian":
+        # square widths (checked by the config); X(0) is the product of the Gaussian layers
+        ws = balance_from_gaussian(net["widths"][0], net["depth"], B, net["scale"], generator=generator, dtype=dtype, device=device)
+        return DeepLinearNetwork.from_weights(ws, requires_grad=False)
     kw = {}
     if net["init"] == "balanced":
         kw = dict(target=_initial_X(cfg, B, generator, device, dtype), spectrum=net["spectrum"])
@@ -112,7 +117,7 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
 def build_scheme(cfg: dict, energy: Energy, generator: torch.Generator | None = None, beta=None) -> Scheme:
     """The Scheme of cfg['dynamics'] (stochastic ones draw all noise from `generator`)."""
     dyn = cfg["dynamics"]
-    cls = SCHEMES[dyn["scheme"]]
+    cls = scheme_class(dyn["scheme"], cfg["network"]["depth"])
     if beta is None:
         beta = beta_of(cfg, *device_dtype(cfg))
     if field_runs.is_field_run(cfg):

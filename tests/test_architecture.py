@@ -6,8 +6,8 @@ a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle
     1 kernels      spectral, stats
-    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, fields, field_network,
-                   field_geometry, entropy_fields (the DLN over R, C, H)
+    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, depth_limit, fields,
+                   field_network, field_geometry, entropy_fields (the DLN over R, C, H)
     3 energies     energies, field_energies
     4 dynamics     dynamics.*
     5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts), field_observe
@@ -30,7 +30,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle"],
     ["spectral", "stats"],
-    ["geometry", "entropy", "network", "theory", "gibbs", "manifold",
+    ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields"],
     ["energies", "field_energies"],
     ["dynamics"],

@@ -21,6 +21,7 @@ from ..energies import target_matrix
 from ..entropy import entropy_from_singular_values
 from ..geometry import SpectralFrame
 from .common import COLORS, STYLE, band, positive_or_nan, save_figure
+from .depth_balancing import fig_balancing, fig_infinite_depth
 from .run_figures import hist_panels
 
 __all__ = ["STUDY_FIGURES", "plot_study"]
@@ -358,6 +359,8 @@ STUDY_FIGURES = {
     "completion": _fig_completion,
     "overlay": _fig_overlay,
     "fields": _fig_fields,
+    "infinite_depth": fig_infinite_depth,
+    "balancing": fig_balancing,
 }
 
 
