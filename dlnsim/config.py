@@ -55,8 +55,11 @@ from .options import (  # noqa: F401  (re-exported: the checkers were defined he
     fail as _fail,
     show as _show,
 )
+from .resources import MAX_STEPS, check_memory, check_threads, step_count
 from .run_theory import reference_flow_applies
 from .field_runs import FIELD_NAMES, check_config as _field_rules
+from .safe_io import FileRefused, load_yaml_text
+from .safe_paths import check_name
 
 __all__ = [
     "ConfigError",
@@ -94,6 +97,9 @@ class _Depth:
         return PosInt()(v, path)
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+MAX_DEPTH = 10**6  # beyond this even a list of widths is large; no run of such depth fits in memory anyway
+
 O = Option
 SCHEMA: dict[str, dict[str, Option]] = {
     "network": {
@@ -121,7 +127,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                     Matrix(words=("random", "diag", "identity"))),
         "spectrum": O(None, "singular values of a random target / diagonal of a diag target; null: (r, r-1, ..., 1) for random, ones for diag",
                       NumList(ge=0, nullable=True)),
-        "seed": O(0, "seed of the random target and of synthetic regression data (independent of dynamics.seed)", Int(ge=0)),
+        "seed": O(0, "seed of the random target and of synthetic regression data (independent of dynamics.seed)", Int(ge=0, le=SEED_MAX)),
         "mask": O(None, "matrix_completion: observed entries: diag | offdiag | a 0/1 matrix (d_N x d_0)",
                   Matrix(words=("diag", "offdiag"), nullable=True)),
         "alpha": O(1.0, "weight_decay: alpha in alpha/2 ||X||^2", Num(gt=0, hint="a positive weight-decay strength")),
@@ -139,7 +145,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "beta": O(None, "inverse temperature (> 0), or a list of them run side by side in one batch; null: none (needed by Langevin, RLE and free_energy_flow)",
                   NumList(gt=0, nullable=True, scalar_ok=True, hint="set a positive inverse temperature")),
         "ensemble": O(1, "B, trajectories per beta, run as one batch", Int(ge=1, hint="the ensemble size is at least 1")),
-        "seed": O(0, "seed of the torch.Generator used for the initialisation and all noise", Int(ge=0)),
+        "seed": O(0, "seed of the torch.Generator used for the initialisation and all noise", Int(ge=0, le=SEED_MAX)),
         "time_scale": O("none", "none (A as written) | depth (A/N, the Cohen-Menon-Veraszto normalisation; end-to-end schemes only)",
                         Choice(("none", "depth"))),
         "theory": O("auto", "integrate the end-to-end flow alongside deterministic parameter schemes with square widths (reference_* arrays): auto (only when a figure or observers.include uses it) | true | false",
@@ -157,16 +163,18 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "device": O("cpu", "cpu | cuda | auto (cuda when available)", Choice(("cpu", "cuda", "auto"))),
         "dtype": O("float64", "float64 | float32 (float64 recommended: balancedness drift is O(h^2) per step)",
                    Choice(("float64", "float32"))),
-        "threads": O(None, "torch CPU threads (null: torch's default)", Int(ge=1, nullable=True)),
+        "threads": O(None, "torch CPU threads (null: torch's default), at most the CPUs available", Int(ge=1, nullable=True)),
+        "max_memory_gb": O(None, "refuse a run whose memory estimate exceeds this many GiB (null: 80% of the machine's memory, or of the GPU's)",
+                           Num(gt=0, nullable=True)),
     },
     "output": {
         "dir": O("results", "parent folder of result folders (relative to the working directory)", Str()),
-        "name": O(None, "result folder name prefix (null: the config file's stem); the folder is <dir>/<name>-<timestamp>",
+        "name": O(None, "result folder name prefix (null: the config file's stem): 1-100 of A-Z a-z 0-9 . _ - + = , (starting with a letter or digit); the folder is <dir>/<name>-<timestamp>",
                   Str(nullable=True)),
         "checkpoint_every": O(50, "write checkpoint.pt every k save points (0: only on interrupt)", Int(ge=0)),
         "figures": O(True, "draw figures at the end of the run", Bool()),
         "formats": O(["png", "pdf"], "figure formats", NameList(("png", "pdf"), nullable=False)),
-        "showcase": O(None, "also copy the headline figure (PNG) to this path (e.g. results/showcase/saxe_modes.png)",
+        "showcase": O(None, "also copy the headline figure (PNG) to this path, inside <output.dir>/showcase/ (e.g. results/showcase/saxe_modes.png; elsewhere only with --allow-showcase-anywhere)",
                       Str(nullable=True)),
     },
     "study": {
@@ -200,9 +208,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. dynamics.beta=10")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({_yaml_reason(e)})") from None
+        value = load_yaml_text(raw, f"--set {key}") if raw.strip() else None  # strict: no alias bombs, no duplicate keys
+    except FileRefused as e:
+        raise ConfigError(str(e)) from None
     return key.strip(), value
 
 
@@ -227,18 +235,14 @@ PATH_KEYS = (("network", "file"), ("energy", "data"))
 
 
 def read_yaml(path: str, what: str = "config file") -> dict:
-    """Read a YAML mapping from `path`, or raise ConfigError with a one-line reason."""
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: no such {what}")
-    if os.path.isdir(path):
-        raise ConfigError(f"{path}: is a folder, expected a YAML {what}")
+    """Read a YAML mapping from `path`, or raise ConfigError with a one-line reason (strict YAML:
+    duplicate keys, alias bombs, deep nesting and binary files are refused; dlnsim.safe_io)."""
+    from .safe_io import FileRefused, load_yaml_file
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {_yaml_reason(e)}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+        data = load_yaml_file(path, what)
+    except FileRefused as e:
+        raise ConfigError(str(e)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -305,11 +309,25 @@ def validate(cfg: dict) -> dict:
     for sec, opts in SCHEMA.items():
         body = cfg.get(sec) or {}
         out[sec] = {k: o.check(copy.deepcopy(body.get(k, o.default)), f"{sec}.{k}") for k, o in opts.items()}
+    if out["output"]["name"] is not None:
+        _user_error(check_name, "output.name", out["output"]["name"])
+    for i, var in enumerate(out["study"]["variants"]):
+        _user_error(check_name, f"study.variants[{i}].label", var["label"])
     if out["study"]["variants"]:
         variant_configs(out)  # validates every variant
     else:
         _resolve(out)
     return out
+
+
+def _user_error(check, *args):
+    """check(*args), its ValueError turned into a ConfigError (the message already names the key)."""
+    try:
+        return check(*args)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def variant_configs(cfg: dict) -> list[tuple[str, dict]]:
@@ -338,6 +356,8 @@ def _resolve(c: dict) -> None:
     if c["device"]["device"] == "cuda":
         if not torch.cuda.is_available():
             _fail("device.device", "cuda was requested but no CUDA device is available; use cpu or auto")
+    _user_error(check_threads, c["device"]["threads"])
+    _user_error(check_memory, c)  # before anything is allocated: estimate against the limit
 
 
 def _widths(net: dict) -> list[int]:
@@ -361,6 +381,8 @@ def _widths(net: dict) -> list[int]:
     widths = net["widths"] or file_widths
     if widths is None:
         depth = 2 if net["depth"] is None else net["depth"]
+        if depth > MAX_DEPTH:
+            _fail("network.depth", f"{depth} is more than {MAX_DEPTH} layers, far beyond any memory; reduce network.depth")
         width = 2 if net["width"] is None else net["width"]
         widths = [width] * (depth + 1)
     if file_widths is not None and widths != file_widths:
@@ -426,11 +448,13 @@ def _resolve_dynamics(c: dict) -> None:
             _fail("dynamics.time_scale", "network.depth: inf needs time_scale: depth (time in units of N: A_N/N has a limit, A_N does not)")
     scheme = scheme_class(name, net["depth"])
     if dyn["time"] is not None:
-        steps = max(1, round(dyn["time"] / h))
+        steps = _user_error(step_count, dyn["time"], h)
         if dyn["steps"] is not None and dyn["steps"] != steps:
             _fail("dynamics.steps", f"{dyn['steps']} conflicts with dynamics.time = {dyn['time']} / step_size {h} = {steps} steps; give only one")
     else:
         steps = 1000 if dyn["steps"] is None else dyn["steps"]
+        if steps > MAX_STEPS:
+            _fail("dynamics.steps", f"{steps} is more than any run can take ({MAX_STEPS:.0e}); reduce dynamics.steps")
     dyn["steps"], dyn["time"] = steps, steps * h
     if scheme.needs_beta and dyn["beta"] is None:
         _fail("dynamics.beta", f"scheme {name!r} needs an inverse temperature; set dynamics.beta (e.g. 10)")
@@ -456,6 +480,9 @@ def _resolve_observers(c: dict) -> None:
     square = all(w == widths[0] for w in widths)
     if obs["entropy_measured"] == "true" and not (square and scheme.space == "parameters"):
         _fail("observers.entropy_measured", f"needs a parameter-space scheme and square widths (scheme {scheme.name!r}, widths {widths}); use auto or false")
+    asked = [n for n in (obs["include"] or ()) if n in ("entropy_formula", "entropy_measured")]
+    if asked and not square:
+        _fail("observers.include", f"{', '.join(asked)}: S(X) is defined for square widths only, widths are {widths}; remove them")
     if obs["include"] is not None and "free_energy" in obs["include"] and c["dynamics"]["beta"] is None:
         _fail("observers.include", "free_energy needs dynamics.beta; set it or remove free_energy")
 

@@ -4,7 +4,8 @@ Imports are read from the source (ast), all of them: module-level and function-l
 moved into a function to dodge a cycle still counts. Layers (docs/architecture.md), lowest first;
 a module may import its own layer or lower ones only:
 
-    0 foundation   _version, _io, _checks, options, lifecycle
+    0 foundation   _version, _io, _checks, options, lifecycle, safe_io, safe_paths, runlock, resources,
+                   _guard, _children
     1 kernels      spectral, stats
     2 mathematics  geometry, entropy, network, theory, gibbs, manifold, depth_limit, fields,
                    field_network, field_geometry, entropy_fields (the DLN over R, C, H)
@@ -28,7 +29,8 @@ import pytest
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dlnsim")
 
 LAYERS = [
-    ["_version", "_io", "_checks", "options", "lifecycle"],
+    ["_version", "_io", "_checks", "options", "lifecycle", "safe_io", "safe_paths", "runlock", "resources",
+     "_guard", "_children"],
     ["spectral", "stats"],
     ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields"],
