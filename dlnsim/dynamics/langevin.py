@@ -54,7 +54,7 @@ import torch
 from ..energies import Energy
 from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_frame
 from ..network import gradient_from_end_to_end, prefix_products
-from .base import Scheme, State, check_beta
+from .base import Scheme, State, as_beta, check_beta
 
 __all__ = ["ProjectedLangevin", "MetropolisLangevin", "UnprojectedLangevin"]
 
@@ -76,6 +76,8 @@ class _LangevinBase(Scheme):
 
     space = "parameters"
     stochastic = True
+    needs_beta = True
+    option_spec = None  # dynamics.options go to the constructor, which checks them against `options`
     options: dict = {}
 
     def __init__(
@@ -117,21 +119,32 @@ class _LangevinBase(Scheme):
 
     def _beta(self, ref: torch.Tensor) -> torch.Tensor:
         """beta as (B,) or () tensor on ref's dtype/device (copied to the device once per run)."""
-        key = (ref.dtype, ref.device)
-        if key not in self._beta_cache:
-            self._beta_cache[key] = self.beta.to(dtype=ref.dtype, device=ref.device)
-        return self._beta_cache[key]
+        return as_beta(self.beta, ref, self._beta_cache, trailing=0)
 
     def _noise(self, ref: torch.Tensor) -> torch.Tensor:
         return torch.randn(ref.shape, generator=self.generator, dtype=ref.dtype, device=ref.device)
 
 
+def newton_tol(dtype: torch.dtype) -> float:
+    """Default absolute Newton tolerance on max_p ||G_p||_F: 1e-10 in float64, 1e3 eps in lower
+    precision (1.2e-4 in float32, whose resolution 1.2e-7 |W|^2 an absolute 1e-10 can never reach:
+    projections would fail at every step and the chains stay frozen)."""
+    return max(1e-10, 1e3 * torch.finfo(dtype).eps)
+
+
 class _ManifoldLangevin(_LangevinBase):
+    square_only = True
+    on_manifold = True
+    # tol None: newton_tol(dtype), the absolute Newton tolerance scaled with the dtype's resolution.
     # max_iter 36: measured d = 2, N = 3, h = 0.05, beta = 1, B = 1024, 30 steps, three seeds
-    # (results/bench/README.md, "Projection failures"): projection failures 139/122/113 at 12 updates, 53/39/42 at 36
-    # (safeguard rejections 5/2/8 -> 24/18/21: Newton then reaches a far root, which the safeguard
-    # rejects), for ~40% more time on that case; converged trajectories stop after 3-5 updates either way.
-    options = {"tol": 1e-10, "max_iter": 36, "method": "newton", "safeguard": 2.0, "solver": "auto"}
+    # (results/bench/README.md, "Projection failures"): projection failures 139/122/113 at 12 updates,
+    # 53/39/42 at 36 (safeguard rejections 5/2/8 -> 24/18/21: Newton then reaches a far root, which the
+    # safeguard rejects), for ~40% more time on that case; converged trajectories stop after 3-5
+    # updates either way.
+    options = {"tol": None, "max_iter": 36, "method": "newton", "safeguard": 2.0, "solver": "auto"}
+
+    def _tol(self, dtype: torch.dtype) -> float:
+        return self.tol if self.tol is not None else newton_tol(dtype)
 
     def _check_options(self) -> None:
         if self.depth < 2:
@@ -143,10 +156,11 @@ class _ManifoldLangevin(_LangevinBase):
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.method not in NEWTON_METHODS:
             raise ValueError(f"method must be one of {NEWTON_METHODS}, got {self.method!r}")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+        if not (isinstance(self.max_iter, int) and not isinstance(self.max_iter, bool) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
-            raise ValueError(f"tol must be a positive number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
+        if self.tol is not None and not (isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool)
+                                         and 0 < self.tol < float("inf")):
+            raise ValueError(f"tol must be a positive finite number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
         if self.safeguard is not None and not (isinstance(self.safeguard, (int, float)) and self.safeguard > 0):
             raise ValueError(
                 f"safeguard must be a positive number (the cap on |y - (x+v)| / |v|) or None, got {self.safeguard!r}"
@@ -164,7 +178,7 @@ class _ManifoldLangevin(_LangevinBase):
         # distance to M), so the chain would never move: refuse such a start. Roundoff allowance
         # 1e3 eps |W|^2 covers float32 weights from balanced_weights.
         eps = torch.finfo(state.weights[0].dtype).eps
-        ok, reason = check_point_on_manifold(state.weights, atol=10 * self.tol, rtol=1e3 * eps)
+        ok, reason = check_point_on_manifold(state.weights, atol=10 * self._tol(state.weights[0].dtype), rtol=1e3 * eps)
         if not ok:
             raise ValueError(
                 f"{type(self).__name__} must start on the balanced manifold ({reason}); start from "
@@ -174,7 +188,7 @@ class _ManifoldLangevin(_LangevinBase):
 
     def _project(self, frame, v: torch.Tensor):
         """Newton projection of x + v (v in the frame's coordinates); Y comes back in original ones."""
-        r = frame.newton_t(v, tol=self.tol, max_iter=self.max_iter, method=self.method)
+        r = frame.newton_t(v, tol=self._tol(v.dtype), max_iter=self.max_iter, method=self.method)
         if self.safeguard is None:
             guard = torch.ones_like(r.converged)
         else:
@@ -185,7 +199,7 @@ class _ManifoldLangevin(_LangevinBase):
 class ProjectedLangevin(_ManifoldLangevin):
     """Projected Euler-Maruyama on the balanced manifold (unadjusted; O(h) stationary bias).
 
-    ProjectedLangevin(energy, step_size, depth, beta, *, generator=None, tol=1e-10, max_iter=36,
+    ProjectedLangevin(energy, step_size, depth, beta, *, generator=None, tol=None (newton_tol(dtype): 1e-10 in float64), max_iter=36,
     method="newton", safeguard=2.0, solver="auto"). beta: number or (B,) tensor. tol: Newton tolerance on
     max_p ||G_p||_F (absolute); max_iter, method: see dlnsim.manifold ("newton", "chord",
     "quasi"); safeguard: reject when |y - (x + v)| > safeguard |v| (None: never). Start from a
@@ -193,7 +207,7 @@ class ProjectedLangevin(_ManifoldLangevin):
     is large (superlinear drift at large |W|); use h well below 2 / (N alpha |W_p|^{2(N-1)}).
     """
 
-    name = "projected_langevin"
+    name = "langevin_projected"
     stat_names = ("steps", "projection_failures", "safeguard_rejections", "newton_iterations")
 
     def step(self, state: State) -> State:
@@ -222,16 +236,16 @@ class ProjectedLangevin(_ManifoldLangevin):
 class MetropolisLangevin(_ManifoldLangevin):
     """Metropolis-adjusted projected Langevin on M (exact stationary law exp(-beta L) dvol_M).
 
-    MetropolisLangevin(energy, step_size, depth, beta, *, generator=None, tol=1e-10, max_iter=36,
-    method="newton", safeguard=2.0, reverse_tol=1e-7). reverse_tol: the reverse projection must
+    MetropolisLangevin(energy, step_size, depth, beta, *, generator=None, tol=None, max_iter=36,
+    method="newton", safeguard=2.0, reverse_tol=None (max(1e-7, 100 tol))). reverse_tol: the reverse projection must
     return within ||x_rev - x||_F <= reverse_tol (1 + ||x||_F); a converged projection lands within
     ~tol / sigma_min(J) of its root, a different root lies O(|x|) away, so any threshold in between
     separates them. Keeps the factorisation at the current point between steps (one Gram
     factorisation per proposal).
     """
 
-    name = "metropolis_langevin"
-    options = {**_ManifoldLangevin.options, "reverse_tol": 1e-7}
+    name = "langevin_metropolis"
+    options = {**_ManifoldLangevin.options, "reverse_tol": None}  # None: max(1e-7, 100 tol)
     stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations")
 
     def __init__(self, *args, **kwargs):
@@ -269,7 +283,8 @@ class MetropolisLangevin(_ManifoldLangevin):
         # Reverse move from y: v' = P_y (x - y), projected back along the normal space at y.
         v_rev = frame_y.project_t(frame_y.to_frame(X - Y))
         rev, guard_r = self._project(frame_y, v_rev)
-        returned = rev.converged & (_sq(rev.Y - X) <= self.reverse_tol**2 * (1.0 + _sq(X)))
+        rtol_rev = self.reverse_tol if self.reverse_tol is not None else max(1e-7, 100 * self._tol(X.dtype))
+        returned = rev.converged & (_sq(rev.Y - X) <= rtol_rev**2 * (1.0 + _sq(X)))
         # log of [exp(-beta L(y)) q(x | y)] / [exp(-beta L(x)) q(y | x)], q(y|x) ∝ exp(-beta |v - m_x|^2 / 4h).
         log_ratio = -beta * (Ly - Lx) - beta / (4.0 * h) * (_sq(v_rev + h * Pgy) - _sq(noise))
         u = torch.rand(Lx.shape, generator=self.generator, dtype=X.dtype, device=X.device)
@@ -312,7 +327,7 @@ class UnprojectedLangevin(_LangevinBase):
     balancedness G_p leaves 0 and drifts diffusively. Any widths.
     """
 
-    name = "unprojected_langevin"
+    name = "langevin_unprojected"
 
     def step(self, state: State) -> State:
         h = self.step_size
