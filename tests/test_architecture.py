@@ -6,7 +6,7 @@ a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle, safe_io, safe_paths, runlock, resources,
                    _guard, _children
-    1 kernels      spectral, stats
+    1 kernels      spectral, stats, small_svd
     2 mathematics  geometry, entropy, network, theory, gibbs, manifold, depth_limit, fields,
                    field_network, field_geometry, entropy_fields (the DLN over R, C, H)
     3 energies     energies, field_energies
@@ -31,7 +31,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle", "safe_io", "safe_paths", "runlock", "resources",
      "_guard", "_children"],
-    ["spectral", "stats"],
+    ["spectral", "stats", "small_svd"],
     ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields"],
     ["energies", "field_energies"],
