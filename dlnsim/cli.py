@@ -110,7 +110,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from .plotting import plot_path  # matplotlib loads only to draw
+    from .plotting import plot_path  # matplotlib is imported only by the commands that draw
     from .sweep.plots import plot_sweep
 
     d = args.run_dir

@@ -22,13 +22,17 @@ decisions of dlnsim.run_theory, never a list of names kept here.
 from __future__ import annotations
 
 import copy
+import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import yaml
 
+from .dynamics import INFINITE_DEPTH_SCHEMES
 from .dynamics import SCHEMES as SCHEME_CLASSES
+from .dynamics import scheme_class
 from .energies import ENERGIES as ENERGY_CLASSES
 from .network import read_weight_file
 from .observe import ENTROPY_MEASURED_AUTO_MAX, OBSERVABLES
@@ -53,6 +57,7 @@ from .options import (  # noqa: F401  (re-exported: the checkers were defined he
 )
 from .resources import MAX_STEPS, check_memory, check_threads, step_count
 from .run_theory import reference_flow_applies
+from .field_runs import FIELD_NAMES, check_config as _field_rules
 from .safe_io import FileRefused, load_yaml_text
 from .safe_paths import check_name, safe_stem
 
@@ -75,8 +80,21 @@ __all__ = [
 SCHEMES = tuple(SCHEME_CLASSES)
 STOCHASTIC_SCHEMES = tuple(k for k, c in SCHEME_CLASSES.items() if c.stochastic)
 ENERGIES = tuple(ENERGY_CLASSES)
-INITS = ("balanced", "gaussian", "orthogonal", "identity", "file")
-FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion")
+INITS = ("balanced", "gaussian", "orthogonal", "identity", "file", "balance_from_gaussian")
+FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion",
+                "fields", "infinite_depth", "balancing")
+
+
+@dataclass(frozen=True)
+class _Depth:
+    """network.depth: a positive integer, or inf (.inf / inf in YAML) for the infinite-depth limit."""
+
+    def __call__(self, v, path):
+        if v is None:
+            return None
+        if v == math.inf or (isinstance(v, str) and v.strip().lower() in ("inf", ".inf")):
+            return math.inf
+        return PosInt()(v, path)
 
 
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
@@ -86,9 +104,10 @@ O = Option
 SCHEMA: dict[str, dict[str, Option]] = {
     "network": {
         "widths": O(None, "[d_0, ..., d_N] (input first); null: depth+1 copies of width", Widths()),
-        "depth": O(None, "N, the number of layers, when widths is null (null: 2)", PosInt()),
+        "depth": O(None, "N, the number of layers, when widths is null (null: 2); inf: the infinite-depth limit of the end-to-end schemes (time_scale: depth; the network, widths [d, d], only draws X(0))",
+                   _Depth()),
         "width": O(None, "d, the common width, when widths is null (null: 2)", PosInt()),
-        "init": O("balanced", "balanced | gaussian | orthogonal | identity | file", Choice(INITS)),
+        "init": O("balanced", "balanced | gaussian | orthogonal | identity | file | balance_from_gaussian (gaussian weights flowed along their fiber to its balanced point)", Choice(INITS)),
         "scale": O(1.0, "balanced: singular values of X(0) when spectrum is null; gaussian: std x sqrt(d_in); orthogonal/identity: factor",
                    Num(gt=0, hint="a positive scale of the initial weights")),
         "spectrum": O(None, "balanced: singular values of X(0) (list of d numbers >= 0); null: all equal to scale",
@@ -97,6 +116,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
                     Matrix(words=("aligned", "gaussian"), nullable=True)),
         "file": O(None, "init: file: .pt (list of tensors W_1..W_N) or .npz (W1..WN), each (d_p, d_{p-1}) or (B, d_p, d_{p-1})",
                   Str(nullable=True)),
+        "field": O("real", "number system of the weights: real | complex | quaternion (docs/theory_complex.md; complex/quaternion: "
+                   "square widths, init balanced|gaussian, matrix_regression, gradient_descent|gradient_flow|end_to_end_flow|free_energy_flow)",
+                   Choice(FIELD_NAMES)),
     },
     "energy": {
         "type": O("matrix_regression", "matrix_regression 1/2||X-Phi||^2 | linear_regression 1/(2n)||XA-Y||^2 | matrix_completion 1/2||mask o (X-Phi)||^2 | weight_decay alpha/2||X||^2",
@@ -330,6 +352,7 @@ def _resolve(c: dict) -> None:
     _energy_rules(c["energy"], c["network"]["widths"])
     _resolve_dynamics(c)
     _resolve_observers(c)
+    _field_rules(c)
     if c["device"]["device"] == "cuda":
         if not torch.cuda.is_available():
             _fail("device.device", "cuda was requested but no CUDA device is available; use cpu or auto")
@@ -346,6 +369,15 @@ def _widths(net: dict) -> list[int]:
         file_widths = _file_widths(net["file"])
     elif net["file"] is not None:
         _fail("network.file", f"is only used with network.init: file (init is {net['init']!r}); remove it or set init: file")
+    if net["depth"] == math.inf:
+        w = net["widths"]
+        if (w is not None and (len(w) != 2 or w[0] != w[1])) or net["init"] in ("file", "balance_from_gaussian"):
+            key = "network.init" if w is None or (len(w) == 2 and w[0] == w[1]) else "network.widths"
+            _fail(key, "depth inf describes only X(0) (widths [d, d]): give network.width, and init balanced, gaussian, orthogonal or identity")
+        width = w[0] if w is not None else (2 if net["width"] is None else net["width"])
+        if net["width"] is not None and net["width"] != width:
+            _fail("network.width", f"is {net['width']} but network.widths is {w}; give only one")
+        return [width, width]
     widths = net["widths"] or file_widths
     if widths is None:
         depth = 2 if net["depth"] is None else net["depth"]
@@ -366,10 +398,10 @@ def _resolve_network(net: dict, en: dict) -> None:
     widths = _widths(net)
     square = all(w == widths[0] for w in widths)
     d_in, d_out = widths[0], widths[-1]
-    net["widths"], net["depth"] = widths, len(widths) - 1
+    net["widths"], net["depth"] = widths, (math.inf if net["depth"] == math.inf else len(widths) - 1)
     net["width"] = widths[0] if square else None
-    if net["init"] == "balanced" and not square:
-        _fail("network.init", f"'balanced' needs equal widths (the balanced manifold is for square width), got widths {widths}; use gaussian or orthogonal")
+    if net["init"] in ("balanced", "balance_from_gaussian") and not square:
+        _fail("network.init", f"{net['init']!r} needs equal widths (the balanced manifold is for square width), got widths {widths}; use gaussian or orthogonal")
     if net["spectrum"] is not None:
         if net["init"] != "balanced":
             _fail("network.spectrum", f"only applies to init: balanced (init is {net['init']!r})")
@@ -409,7 +441,12 @@ def _energy_rules(en: dict, widths: list[int]) -> None:
 def _resolve_dynamics(c: dict) -> None:
     net, dyn = c["network"], c["dynamics"]
     widths, name, h = net["widths"], dyn["scheme"], dyn["step_size"]
-    scheme = SCHEME_CLASSES[name]
+    if net["depth"] == math.inf:
+        if name not in INFINITE_DEPTH_SCHEMES:
+            _fail("dynamics.scheme", f"{name!r} has no infinite-depth limit; with network.depth: inf use {' | '.join(INFINITE_DEPTH_SCHEMES)}")
+        if dyn["time_scale"] != "depth":
+            _fail("dynamics.time_scale", "network.depth: inf needs time_scale: depth (time in units of N: A_N/N has a limit, A_N does not)")
+    scheme = scheme_class(name, net["depth"])
     if dyn["time"] is not None:
         steps = _user_error(step_count, dyn["time"], h)
         if dyn["steps"] is not None and dyn["steps"] != steps:

@@ -3,16 +3,22 @@
 dlnsim does not schedule anything itself. The local pool keeps at most `workers` points in flight
 and isolates a crashing worker; submitit jobs run `PointJob` (one point, requeued on a SLURM
 timeout or preemption, resumed from its checkpoint). Both stop on the sweep process's
-StopSignal: points in flight get one SIGTERM and write their checkpoints.
+StopSignal: points in flight get one SIGTERM and write their checkpoints. submitit, an optional
+dependency (pip install 'dlnsim[slurm]'), is imported only by the submitit executors.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
 
 from .. import results as R
 from .._guard import child_environment
@@ -36,7 +42,6 @@ def _worker_init(sweep_pid: int | None = None) -> None:
     Between points the worker ignores SIGINT and only notes SIGTERM; during a run the runner's
     handlers take over (it restores these afterwards).
     """
-    import torch
     from tqdm import tqdm
 
     from .._children import die_with
@@ -132,8 +137,6 @@ class Progress:
 
 
 def _multiprocessing_context():
-    import multiprocessing as mp
-
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # torch is imported once in the fork server, not once per worker
@@ -174,9 +177,6 @@ def _run_local(tasks: list[dict], workers: int, on_done, progress, stop: StopSig
 
 def _pool_round(batch: list[dict], n: int, on_done, progress, stop: StopSignal):
     """One pool over `batch`; returns (tasks never started, tasks in flight when the pool broke)."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
     pool = ProcessPoolExecutor(max_workers=max(1, min(n, len(batch))), mp_context=_multiprocessing_context(),
                                initializer=_worker_init, initargs=(os.getpid(),))
     stop.force = lambda: [p.kill() for p in list(getattr(pool, "_processes", {}).values())]
