@@ -7,7 +7,6 @@ hand derivations of vol O(d).
 import itertools
 import math
 
-import mpmath
 import pytest
 import torch
 
@@ -16,6 +15,8 @@ from dlnsim.entropy import so_basis
 from dlnsim.network import balanced_weights, end_to_end
 
 from conftest import DTYPE, make_generator, matrix_with_spectrum, random_orthogonal
+
+mpmath = pytest.importorskip("mpmath", reason="mpmath is a test dependency: pip install -e '.[dev]'")
 
 
 @pytest.fixture(autouse=True)
