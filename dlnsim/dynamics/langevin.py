@@ -35,6 +35,19 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
 - UnprojectedLangevin: plain Euler-Maruyama dW = -grad L dt + sqrt(2/beta) dB in the full parameter
   space: the contrast run, whose balancedness G_p drifts diffusively.
 
+det-sign components (both manifold schemes): a balanced step through rank-deficient X multiplies
+det X by (-1)^N, so at even depth the chains alone never leave the det-sign component they start in.
+Every `reflect_every` steps (default 10) a Metropolis-accepted reflection W_N -> H W_N (random
+Householder H; dlnsim.dynamics.reflection) is composed with the step: it keeps W balanced, preserves
+volume, flips det X, and leaves exp(-beta L) dvol_M invariant, so the chain samples the law on all
+of GL_d. On by default at every depth (at odd depth the chains already cross through rank
+deficiency, but rarely at low temperature; the move costs ~10% of a Metropolis step at
+reflect_every = 10). keep_component=True switches it off and rejects every step that would change
+the sign of det X (counted in component_rejections; at odd depth the chains would otherwise cross
+through rank deficiency): MetropolisLangevin then samples the law restricted to the starting
+component exactly (a proposal restricted to a domain), ProjectedLangevin up to its O(h) bias. Counters: sign_changes (steps on which
+det X changed sign), reflections_accepted.
+
 Per-trajectory counters (state.stats, (B,) float tensors, cumulative since init_state):
 ProjectedLangevin: steps, projection_failures, safeguard_rejections, newton_iterations;
 MetropolisLangevin: proposals, accepted, projection_failures, reverse_failures,
@@ -52,6 +65,7 @@ from ..energies import Energy
 from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_frame
 from ..network import gradient_from_end_to_end, prefix_products
 from .base import Scheme, State, check_beta
+from .reflection import det_sign, reflection_move
 
 __all__ = ["ProjectedLangevin", "MetropolisLangevin", "UnprojectedLangevin"]
 
@@ -124,7 +138,8 @@ class _LangevinBase(Scheme):
 
 
 class _ManifoldLangevin(_LangevinBase):
-    options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0, "solver": "auto"}
+    options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0, "solver": "auto",
+               "keep_component": False, "reflect_every": 10}
 
     def _check_options(self) -> None:
         if self.depth < 2:
@@ -140,6 +155,10 @@ class _ManifoldLangevin(_LangevinBase):
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol > 0):
             raise ValueError(f"tol must be a positive number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
+        if not isinstance(self.keep_component, bool):
+            raise ValueError(f"keep_component must be true or false (stay in the starting det-sign component), got {self.keep_component!r}")
+        if isinstance(self.reflect_every, bool) or not (isinstance(self.reflect_every, int) and self.reflect_every >= 1):
+            raise ValueError(f"reflect_every must be a positive integer (steps between reflection moves), got {self.reflect_every!r}")
         if self.safeguard is not None and not (isinstance(self.safeguard, (int, float)) and self.safeguard > 0):
             raise ValueError(
                 f"safeguard must be a positive number (the cap on |y - (x+v)| / |v|) or None, got {self.safeguard!r}"
@@ -165,6 +184,20 @@ class _ManifoldLangevin(_LangevinBase):
             )
         return state
 
+    def _component_move(self, state: State, sign0: torch.Tensor, prev: list | None = None) -> State:
+        """After a step: the reflection move every reflect_every steps, or with keep_component a step that
+        changed the sign of det X is undone (prev: the weights before the step); then the count of
+        det-sign changes over the whole step (dlnsim.dynamics.reflection)."""
+        if self.keep_component and prev is not None:
+            left = det_sign(state.weights) != sign0
+            state.weights = [torch.where(left[:, None, None], W0, W) for W0, W in zip(prev, state.weights)]
+            state.stats["component_rejections"] = state.stats["component_rejections"] + left.to(sign0.dtype)
+        elif not self.keep_component and state.step % self.reflect_every == 0:
+            state.weights, acc = reflection_move(state.weights, self.energy, self._beta(state.weights[0]), self.generator)
+            state.stats["reflections_accepted"] = state.stats["reflections_accepted"] + acc.to(sign0.dtype)
+        state.stats["sign_changes"] = state.stats["sign_changes"] + (det_sign(state.weights) != sign0).to(sign0.dtype)
+        return state
+
     def _project(self, frame, v: torch.Tensor):
         """Newton projection of x + v (v in the frame's coordinates); Y comes back in original ones."""
         r = frame.newton_t(v, tol=self.tol, max_iter=self.max_iter, method=self.method)
@@ -187,9 +220,11 @@ class ProjectedLangevin(_ManifoldLangevin):
     """
 
     name = "projected_langevin"
-    stat_names = ("steps", "projection_failures", "safeguard_rejections", "newton_iterations")
+    stat_names = ("steps", "projection_failures", "safeguard_rejections", "newton_iterations", "sign_changes", "reflections_accepted",
+                  "component_rejections")
 
     def step(self, state: State) -> State:
+        prev, sign0 = state.weights, det_sign(state.weights)
         X = torch.stack(state.weights, dim=-3)
         h = self.step_size
         frame = make_frame(X, self.solver)
@@ -209,7 +244,7 @@ class ProjectedLangevin(_ManifoldLangevin):
         st["newton_iterations"] = st["newton_iterations"] + r.iterations
         state.t += h
         state.step += 1
-        return state
+        return self._component_move(state, sign0, prev)
 
 
 class MetropolisLangevin(_ManifoldLangevin):
@@ -225,7 +260,8 @@ class MetropolisLangevin(_ManifoldLangevin):
 
     name = "metropolis_langevin"
     options = {**_ManifoldLangevin.options, "reverse_tol": 1e-7}
-    stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations")
+    stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations",
+                  "sign_changes", "reflections_accepted", "component_rejections")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -243,6 +279,7 @@ class MetropolisLangevin(_ManifoldLangevin):
         return _Point(X, frame, value, frame.project_t(frame.to_frame(grad)), state.weights)
 
     def step(self, state: State) -> State:
+        sign0 = det_sign(state.weights)
         X, frame, Lx, Pgx, _ = self._point(state)
         h = self.step_size
         beta = self._beta(X)
@@ -267,6 +304,10 @@ class MetropolisLangevin(_ManifoldLangevin):
         log_ratio = -beta * (Ly - Lx) - beta / (4.0 * h) * (_sq(v_rev + h * Pgy) - _sq(noise))
         u = torch.rand(Lx.shape, generator=self.generator, dtype=X.dtype, device=X.device)
         accept = usable & returned & guard_r & (torch.log(u) < log_ratio)
+        if self.keep_component:  # proposals outside the starting component are rejected: exact for the restricted law
+            left = det_sign(list(Y.unbind(dim=-3))) != sign0
+            state.stats["component_rejections"] = state.stats["component_rejections"] + (accept & left).to(X.dtype)
+            accept = accept & ~left
         a = _per_layer(accept)
         Xn = torch.where(a, Y, X)
         frame_n = frame_y.where(accept, frame)
@@ -282,7 +323,7 @@ class MetropolisLangevin(_ManifoldLangevin):
         st["newton_iterations"] = st["newton_iterations"] + fwd.iterations + torch.where(usable, rev.iterations, 0.0)
         state.t += h
         state.step += 1
-        return state
+        return self._component_move(state, sign0)
 
 
 class _Point(NamedTuple):
