@@ -135,6 +135,13 @@ class GibbsReference:
             total = part if total is None else total + part
         return total
 
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws X (n, d, d) from the law: quadrature nodes drawn by weight (a discrete approximation whose
+        moments are the quadrature's), or stored chain states drawn uniformly. For starting chains in
+        equilibrium (tests of invariance, bias studies)."""
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return self.X[idx].clone()
+
     def _chain_values(self, f) -> torch.Tensor:
         T, C = self.chains.shape[:2]
         v = torch.as_tensor(f(self.chains.reshape(T * C, self.d, self.d)), dtype=self.X.dtype)

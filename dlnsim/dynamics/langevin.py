@@ -37,12 +37,15 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
 
 det-sign components (both manifold schemes): a balanced step through rank-deficient X multiplies
 det X by (-1)^N, so at even depth the chains alone never leave the det-sign component they start in.
-Every `reflect_every` steps (default 10) a Metropolis-accepted reflection W_N -> H W_N (random
-Householder H; dlnsim.dynamics.reflection) is composed with the step: it keeps W balanced, preserves
-volume, flips det X, and leaves exp(-beta L) dvol_M invariant, so the chain samples the law on all
-of GL_d. On by default at every depth (at odd depth the chains already cross through rank
-deficiency, but rarely at low temperature; the move costs ~10% of a Metropolis step at
-reflect_every = 10). keep_component=True switches it off and rejects every step that would change
+Every `reflect_every` steps a Metropolis-accepted reflection W_N -> H W_N (random Householder H;
+dlnsim.dynamics.reflection) is composed with the step: it keeps W balanced, preserves volume, flips
+det X, and leaves exp(-beta L) dvol_M invariant, so the chain samples the law on all of GL_d.
+Default (reflect_every=None): every 10 steps at even depth, where it is needed, and off at odd depth,
+where the chains cross through rank deficiency as the RLE does. The move is a Monte-Carlo move,
+not part of the Langevin equation: it keeps the stationary law but changes the path law (a jump
+X -> H X), so for time-dependent comparisons use keep_component=True (at even depth the path law
+is then the RLE's up to the first passage through rank deficiency), or reflect_every=0. Cost: ~10%
+of a Metropolis step at reflect_every = 10 (the cached frame is recomputed after a move). keep_component=True switches it off and rejects every step that would change
 the sign of det X (counted in component_rejections; at odd depth the chains would otherwise cross
 through rank deficiency): MetropolisLangevin then samples the law restricted to the starting
 component exactly (a proposal restricted to a domain), ProjectedLangevin up to its O(h) bias. Counters: sign_changes (steps on which
@@ -139,7 +142,7 @@ class _LangevinBase(Scheme):
 
 class _ManifoldLangevin(_LangevinBase):
     options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0, "solver": "auto",
-               "keep_component": False, "reflect_every": 10}
+               "keep_component": False, "reflect_every": None}
 
     def _check_options(self) -> None:
         if self.depth < 2:
@@ -157,8 +160,12 @@ class _ManifoldLangevin(_LangevinBase):
             raise ValueError(f"tol must be a positive number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
         if not isinstance(self.keep_component, bool):
             raise ValueError(f"keep_component must be true or false (stay in the starting det-sign component), got {self.keep_component!r}")
-        if isinstance(self.reflect_every, bool) or not (isinstance(self.reflect_every, int) and self.reflect_every >= 1):
-            raise ValueError(f"reflect_every must be a positive integer (steps between reflection moves), got {self.reflect_every!r}")
+        if self.reflect_every is None:  # "auto": where the chains cannot change the sign of det X themselves
+            self.reflect_every = 10 if self.depth % 2 == 0 else 0
+        if isinstance(self.reflect_every, bool) or not (isinstance(self.reflect_every, int) and self.reflect_every >= 0):
+            raise ValueError(
+                f"reflect_every must be a non-negative integer (steps between reflection moves; 0: none), got {self.reflect_every!r}"
+            )
         if self.safeguard is not None and not (isinstance(self.safeguard, (int, float)) and self.safeguard > 0):
             raise ValueError(
                 f"safeguard must be a positive number (the cap on |y - (x+v)| / |v|) or None, got {self.safeguard!r}"
@@ -192,7 +199,7 @@ class _ManifoldLangevin(_LangevinBase):
             left = det_sign(state.weights) != sign0
             state.weights = [torch.where(left[:, None, None], W0, W) for W0, W in zip(prev, state.weights)]
             state.stats["component_rejections"] = state.stats["component_rejections"] + left.to(sign0.dtype)
-        elif not self.keep_component and state.step % self.reflect_every == 0:
+        elif not self.keep_component and self.reflect_every and state.step % self.reflect_every == 0:
             state.weights, acc = reflection_move(state.weights, self.energy, self._beta(state.weights[0]), self.generator)
             state.stats["reflections_accepted"] = state.stats["reflections_accepted"] + acc.to(sign0.dtype)
         state.stats["sign_changes"] = state.stats["sign_changes"] + (det_sign(state.weights) != sign0).to(sign0.dtype)
