@@ -1,6 +1,6 @@
 """Overdamped Langevin dynamics in parameter space: on the balanced manifold M, and off it.
 
-Target: the constrained Langevin equation of THEORY.md section 5(a),
+Target: the constrained Langevin equation of docs/theory.md section 6(a),
 
     dW = -P_W grad L(W) dt + sqrt(2/beta) P_W o dB      (Stratonovich, P_W the projector onto T_W M),
 
@@ -22,7 +22,7 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
   Why 2|v|: the normal correction onto the nearby sheet of M is ~ kappa |v|^2 / 2 (kappa the
   curvature), far below 2|v| for every step that resolves the geometry (|v| kappa < 4); a larger
   correction means Newton found a distant solution of c = 0, which near rank-deficient X can lie
-  arbitrarily far away (THEORY reports |W| ~ 1e56). The cap also bounds every move by |y - x| <= 3|v|.
+  arbitrarily far away (|W| ~ 1e56 was seen; docs/theory.md section 12). The cap also bounds every move by |y - x| <= 3|v|.
 - MetropolisLangevin: the same move as a proposal, accepted with the Metropolis-Hastings rule of
   Zappa, Holmes-Cerfon & Goodman (CPAM 2018) for exp(-beta L) dvol_M. The reverse tangent move is
   v' = P_y (x - y); the ratio of proposal densities is that of the tangent Gaussians,
@@ -56,7 +56,7 @@ ProjectedLangevin: steps, projection_failures, safeguard_rejections, newton_iter
 MetropolisLangevin: proposals, accepted, projection_failures, reverse_failures,
 safeguard_rejections, newton_iterations (forward + reverse). Rates are ratios of counters.
 
-Square widths only for the manifold schemes (M is defined for square width, THEORY section 2).
+Square widths only for the manifold schemes (M is defined for square width, docs/theory.md section 2).
 """
 from __future__ import annotations
 
@@ -349,7 +349,7 @@ def _per_layer(t: torch.Tensor) -> torch.Tensor:
 class UnprojectedLangevin(_LangevinBase):
     """Euler-Maruyama in the full parameter space: W <- W - h grad L + sqrt(2h/beta) xi.
 
-    The contrast run (THEORY.md section 5): the noise is not projected onto T_W M, so the
+    The contrast run (docs/theory.md section 6): the noise is not projected onto T_W M, so the
     balancedness G_p leaves 0 and drifts diffusively. Any widths.
     """
 

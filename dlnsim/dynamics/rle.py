@@ -1,4 +1,4 @@
-"""The Riemannian Langevin equation (RLE) for the end-to-end matrix X (THEORY.md section 5(b)).
+"""The Riemannian Langevin equation (RLE) for the end-to-end matrix X (docs/theory.md section 6(b)).
 
     dX = [ -A(grad E) + beta^{-1} A(grad S) + beta^{-1} (N-1) X (X^T X)^{-1/N} ] dt + sqrt(2/beta) A^{1/2}(dB)
 
