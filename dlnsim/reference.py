@@ -58,7 +58,10 @@ import torch
 
 from .stats import effective_sample_size, split_rhat
 
-__all__ = ["GibbsReference", "gibbs_reference", "layer_log_density", "METHODS"]
+__all__ = [
+    "GibbsReference", "gibbs_reference", "layer_log_density", "METHODS",
+    "HEADLINE", "headline_observables", "reference_or_reason", "compare",
+]
 
 METHODS = ("auto", "quadrature", "mcmc")
 _DROP = 40.0  # log-integrand drop at the truncation edge
@@ -403,3 +406,52 @@ def _mcmc(energy, d, depth, beta, component, C, steps, burn, thin, generator, dt
         torch.full((T * C,), 1.0 / (T * C), dtype=dtype), chains=chains_X, diagnostics=diag,
     )
     return ref
+
+
+# --- comparing a run with its reference --------------------------------------------------------------
+
+HEADLINE = ("E||X||^2", "E s_max", "E s_min", "P(det X > 0)")
+
+
+def headline_observables(X: torch.Tensor) -> torch.Tensor:
+    """(P, 4): ||X||^2, s_max, s_min, 1{det X > 0} for X (P, d, d) -- the moments figures and CSVs report."""
+    s = torch.linalg.svdvals(X)
+    pos = (torch.linalg.det(X) > 0).to(X.dtype)
+    return torch.stack([(s * s).sum(-1), s[:, 0], s[:, -1], pos], dim=-1)
+
+
+def reference_or_reason(energy, d_out: int, d_in: int, depth: int, beta, **kwargs) -> tuple[GibbsReference | None, str]:
+    """(reference, "") where one can be computed for this run's setting, else (None, why) -- one line, for a figure.
+
+    No reference for rectangular widths (the law lives on GL_d), batched data (one target per
+    trajectory), several temperatures at once (call once per beta), or a law that is not normalisable.
+    """
+    if d_out != d_in:
+        return None, f"no reference: the Gibbs law is defined for square X (got {d_out} x {d_in})"
+    b = torch.as_tensor(beta, dtype=torch.float64).reshape(-1)
+    if b.numel() != 1:
+        return None, "no reference for several beta at once: one reference per temperature"
+    try:
+        return gibbs_reference(energy, d_in, depth, float(b[0]), **kwargs), ""
+    except ValueError as e:
+        return None, f"no reference: {e}"
+
+
+def compare(samples: torch.Tensor, ref: GibbsReference, f=headline_observables, names=HEADLINE) -> list[dict]:
+    """z-scores of the time-and-ensemble means of f over samples (T, C, d, d) (C independent chains) against ref.
+
+    Returns one dict per observable: name, mean, stderr (independent chains), reference, reference_stderr,
+    z = (mean - reference) / sqrt(stderr^2 + reference_stderr^2).
+    """
+    from .stats import independent_chain_stderr
+
+    T, C = samples.shape[:2]
+    v = f(samples.reshape(T * C, *samples.shape[2:])).reshape(T, C, -1)
+    mean, se = v.mean((0, 1)), independent_chain_stderr(v)
+    truth, tse = ref.expect(f).reshape(-1), ref.stderr(f).reshape(-1)
+    rows = []
+    for k, name in enumerate(names):
+        tot = float(torch.sqrt(se[k] ** 2 + tse[k] ** 2))
+        rows.append({"observable": name, "mean": float(mean[k]), "stderr": float(se[k]), "reference": float(truth[k]),
+                     "reference_stderr": float(tse[k]), "z": (float(mean[k]) - float(truth[k])) / tot if tot > 0 else float("nan")})
+    return rows

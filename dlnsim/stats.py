@@ -10,6 +10,7 @@
   no assumption on the autocorrelation within a chain).
 - batch_means_stderr(values, n_batches): standard error of the mean of one long correlated series.
 - zscore(estimate, truth, stderr) = (estimate - truth) / stderr.
+- richardson(m_h, se_h, m_half, se_half, order): extrapolation to h -> 0 from runs at h and h/2.
 - split_rhat(values), effective_sample_size(values): MCMC convergence diagnostics across C chains,
   values (T, C) or (T, C, k): split R-hat (Gelman et al., BDA3 section 11.4) and the ESS from the
   multi-chain autocorrelation truncated by Geyer's initial monotone sequence (as in Stan).
@@ -26,7 +27,7 @@ import torch
 
 __all__ = [
     "kolmogorov_sf", "ks_test", "independent_chain_stderr", "batch_means_stderr", "zscore", "mean_and_stderr",
-    "split_rhat", "effective_sample_size",
+    "split_rhat", "effective_sample_size", "richardson",
 ]
 
 
@@ -172,3 +173,16 @@ def effective_sample_size(values) -> torch.Tensor:
         tau = max(-1.0 + 2.0 * total, 1.0 / math.log10(max(C * T, 10)))
         out[j] = C * T / tau
     return out
+
+
+def richardson(m_h, se_h, m_half, se_half, order: int = 1):
+    """Richardson extrapolation to h -> 0 from runs at h and h/2 with independent noise.
+
+    m0 = m_half + (m_half - m_h) / (2^p - 1), p = order; its standard error
+    sqrt((c se_half)^2 + ((c - 1) se_h)^2), c = 2^p / (2^p - 1). Floats or broadcastable tensors.
+    Returns (m0, se0, difference m_half - m_h).
+    """
+    c = 2.0**order / (2.0**order - 1.0)
+    m0 = c * m_half - (c - 1.0) * m_h
+    se0 = ((c * se_half) ** 2 + ((c - 1.0) * se_h) ** 2) ** 0.5
+    return m0, se0, m_half - m_h

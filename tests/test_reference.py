@@ -180,3 +180,29 @@ def test_errors():
         gibbs_reference(MatrixRegression(PHI2), 3, 2, 1.0)
     with pytest.raises(ValueError, match="one positive number"):
         gibbs_reference(WeightDecay(1.0), 2, 2, [1.0, 2.0])
+
+
+def test_compare_reference_or_reason_and_richardson():
+    from dlnsim.reference import HEADLINE, compare, reference_or_reason
+    from dlnsim.stats import richardson
+
+    ref, why = reference_or_reason(MatrixRegression(PHI2), 2, 2, 2, 2.0, n_quad=32, n_angle=12)
+    assert ref is not None and why == ""
+    # Draws of the law itself: every headline z-score is a standard normal (|z| <= 4).
+    X = ref.sample(4000, make_generator(9)).reshape(40, 100, 2, 2)
+    rows = compare(X, ref)
+    assert [r["observable"] for r in rows] == list(HEADLINE)
+    assert all(abs(r["z"]) <= 4 for r in rows), rows
+    # Shifted samples are caught.
+    assert max(abs(r["z"]) for r in compare(1.1 * X, ref)) > 8
+    for args, msg in (((2, 3), "square"), ((2, 2, 2, [1.0, 2.0]), "several beta")):
+        a = args if len(args) == 4 else args + (2, 1.0)
+        none, why = reference_or_reason(WeightDecay(1.0), *a)
+        assert none is None and msg in why
+    none, why = reference_or_reason(MatrixCompletion(torch.eye(2, dtype=DTYPE), torch.tensor([[1.0, 0.0], [1.0, 1.0]])), 2, 2, 2, 1.0)
+    assert none is None and "not normalisable" in why
+    # Richardson, first order: m(h) = m0 + c h exactly gives m0 back; errors combine as (2 se_2, se_1).
+    m0, se0, diff = richardson(1.0 + 0.4, 0.1, 1.0 + 0.2, 0.1)
+    assert m0 == pytest.approx(1.0) and se0 == pytest.approx(math.sqrt(0.04 + 0.01)) and diff == pytest.approx(-0.2)
+    m0, _, _ = richardson(1.0 + 0.4, 0.0, 1.0 + 0.1, 0.0, order=2)
+    assert m0 == pytest.approx(1.0)
