@@ -128,6 +128,45 @@ class GibbsReference:
     chains: torch.Tensor | None = None
     coarse: "GibbsReference | None" = None
     diagnostics: dict = field(default_factory=dict)
+    marginal: Callable | None = field(default=None, repr=False)
+
+    def pdf_layer(self, which: str, u) -> torch.Tensor | None:
+        """Density of u = s^{1/N} for s = s_max (which="max") or s_min ("min") at u (any shape), w.r.t. du.
+
+        In the layer variable the density is bounded (that of s has an s^{-(N-1)/N} singularity at 0).
+        Quadrature references compute it by a 1-D slice quadrature of the same integrand; the mcmc
+        reference returns None (use `histogram`).
+        """
+        if which not in ("max", "min"):
+            raise ValueError(f"which must be 'max' or 'min', got {which!r}")
+        if self.marginal is None:
+            return None
+        u = torch.as_tensor(u, dtype=self.X.dtype)
+        return self.marginal(u.reshape(-1).clamp_min(0), which).reshape(u.shape)
+
+    def histogram(self, f, edges) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density of the scalar f(X) (P,) on the bins `edges` (K+1,) and its standard error (K,).
+
+        mcmc: the chains are split into 8 groups; the error is the spread of the group histograms / sqrt 8.
+        quadrature: binned node weights (jagged where nodes are sparse: prefer pdf_layer) with error 0.
+        """
+        edges = torch.as_tensor(edges, dtype=self.X.dtype)
+        width = edges[1:] - edges[:-1]
+
+        def hist(X, w):
+            v = torch.as_tensor(f(X), dtype=self.X.dtype).reshape(-1)
+            k = torch.bucketize(v, edges) - 1
+            ok = (k >= 0) & (k < len(width))
+            return torch.zeros(len(width), dtype=self.X.dtype).index_add_(0, k[ok], w[ok]) / width
+
+        dens = hist(self.X, self.weights)
+        if self.method != "mcmc":
+            return dens, torch.zeros_like(dens)
+        T, C = self.chains.shape[:2]
+        groups = [g for g in torch.arange(C).chunk(8) if len(g)]
+        hs = torch.stack([hist(self.chains[:, g].reshape(-1, self.d, self.d),
+                               torch.full((T * len(g),), 1.0 / (T * len(g)), dtype=self.X.dtype)) for g in groups])
+        return dens, hs.std(0) / math.sqrt(len(groups))
 
     def expect(self, f: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """E f(X) under the law; f: X (P, d, d) -> (P,) or (P, k)."""
@@ -293,7 +332,14 @@ def _quad_d1(energy, depth, beta, component, n_quad, n_angle, dtype) -> GibbsRef
     lf = log_f(y)  # (M, S)
     X = torch.stack([s * y**N for s in signs], -1).reshape(-1, 1, 1)
     logw = (lf + torch.log(wy)[:, None]).reshape(-1)
-    return _finish("quadrature", 1, depth, beta, component, X, logw, {"radius": R, "n_quad": n})
+    logZ = torch.logsumexp(logw, 0)
+
+    def marginal(u, which):  # density of y = |x|^{1/N} (s_max = s_min = |x| at d = 1)
+        return torch.where(u <= R, torch.exp(torch.logsumexp(log_f(u), -1) - logZ), torch.zeros_like(u))
+
+    ref = _finish("quadrature", 1, depth, beta, component, X, logw, {"radius": R, "n_quad": n})
+    ref.marginal = marginal
+    return ref
 
 
 def _rot(a: torch.Tensor) -> torch.Tensor:
@@ -355,11 +401,34 @@ def _quad_d2(energy, depth, beta, component, n_quad, n_angle, dtype) -> GibbsRef
             le = le[:, None, None, None].expand(-1, eps.numel(), n_ang, n_ang)
         chunks.append(le + base[sl, None, None, None])
     logw = torch.cat(chunks)  # (M, n_eps, n_ang, n_ang)
+    logZ = torch.logsumexp(logw.flatten(), 0)
+    multiplicity = math.log(eps.numel() * n_ang * n_ang)
+
+    def slice_log(a, b):
+        """log of the angle-and-sign sum of the integrand at (x1, x2) = (a, b), each (M,)."""
+        le = log_energy_grid(a, b)
+        le = le + multiplicity if invariant else torch.logsumexp(le.flatten(1), -1)
+        return le + log_pair(a, b)
+
+    def marginal(u, which):  # density of x1 = s_max^{1/N} or x2 = s_min^{1/N} at u (Q,)
+        out = torch.zeros_like(u)
+        tq, wq = _gauss(n2 if which == "max" else n1, dtype)
+        for i, ui in enumerate(u.tolist()):
+            if not 0 < ui < R:
+                continue
+            lo, hi = (0.0, ui) if which == "max" else (ui, R)
+            other = lo + (hi - lo) * tq
+            a, b = (torch.full_like(other, ui), other) if which == "max" else (other, torch.full_like(other, ui))
+            out[i] = torch.exp(torch.logsumexp(slice_log(a, b) + torch.log((hi - lo) * wq), 0) - logZ)
+        return out
+
     keep = logw > logw.max() + math.log(_PRUNE)
     idx = keep.nonzero(as_tuple=True)
     X = matrices(x1[idx[0]], x2[idx[0]], eps[idx[1]], Rt[idx[2]], Rp[idx[3]])
     diag = {"radius": R, "n_quad": n1, "n_angle": n_ang, "nodes": int(keep.sum())}
-    return _finish("quadrature", 2, depth, beta, component, X, logw[idx], diag)
+    ref = _finish("quadrature", 2, depth, beta, component, X, logw[idx], diag)
+    ref.marginal = marginal
+    return ref
 
 
 # --- mcmc -------------------------------------------------------------------------------------------
