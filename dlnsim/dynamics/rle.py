@@ -290,9 +290,12 @@ class RiemannianLangevin(Scheme):
     trajectories at the boundary and is known to converge more slowly in h.)
     """
 
-    name = "riemannian_langevin"
+    name = "rle"
     space = "end_to_end"
     stochastic = True
+    needs_beta = True
+    square_only = True
+    option_spec = None  # chart, time_scale, keep_component: checked by the constructor
     stat_names = ("rank_crossings", "sign_changes")
 
     def __init__(
