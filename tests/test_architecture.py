@@ -6,7 +6,7 @@ a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle
     1 kernels      spectral, stats
-    2 mathematics  geometry, entropy, network, theory, gibbs, manifold
+    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, reference
     3 energies     energies
     4 dynamics     dynamics.*
     5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts)
@@ -29,7 +29,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle"],
     ["spectral", "stats"],
-    ["geometry", "entropy", "network", "theory", "gibbs", "manifold"],
+    ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "reference"],
     ["energies"],
     ["dynamics"],
     ["observe", "simulation", "run_theory", "problems"],
