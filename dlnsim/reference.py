@@ -56,7 +56,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .stats import effective_sample_size, split_rhat
+from .stats import effective_sample_size, independent_chain_stderr, split_rhat
 
 __all__ = [
     "GibbsReference", "gibbs_reference", "layer_log_density", "METHODS",
@@ -65,7 +65,7 @@ __all__ = [
 
 METHODS = ("auto", "quadrature", "mcmc")
 _DROP = 40.0  # log-integrand drop at the truncation edge
-_PRUNE = 1e-18  # quadrature nodes with weight below this fraction of the largest are dropped
+_PRUNE = 1e-14  # quadrature nodes with weight below this fraction of the largest are dropped (mass < 1e-7)
 
 
 def _log_k(a_i: torch.Tensor, a_j: torch.Tensor, depth: int) -> torch.Tensor:
@@ -129,6 +129,23 @@ class GibbsReference:
     coarse: "GibbsReference | None" = None
     diagnostics: dict = field(default_factory=dict)
     marginal: Callable | None = field(default=None, repr=False)
+    spectra: torch.Tensor | None = field(default=None, repr=False)  # (P, d) singular values of the nodes, descending
+    signs: torch.Tensor | None = field(default=None, repr=False)  # (P,) sign det X of the nodes
+    _headline: tuple | None = field(default=None, repr=False)
+
+    def headline(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, stderr) of headline_observables (||X||^2, s_max, s_min, 1{det X > 0}), computed once.
+
+        Quadrature nodes carry their singular values and det sign (no SVD of the nodes needed)."""
+        if self._headline is None:
+            if self.spectra is not None:
+                sp = self.spectra
+                v = torch.stack([(sp * sp).sum(-1), sp[:, 0], sp[:, -1], (self.signs > 0).to(sp.dtype)], -1)
+                mean = (self.weights[:, None] * v).sum(0)
+                self._headline = (mean, torch.zeros_like(mean))
+            else:
+                self._headline = (self.expect(headline_observables), self.stderr(headline_observables))
+        return self._headline
 
     def pdf_layer(self, which: str, u) -> torch.Tensor | None:
         """Density of u = s^{1/N} for s = s_max (which="max") or s_min ("min") at u (any shape), w.r.t. du.
@@ -195,12 +212,12 @@ class GibbsReference:
             v = self._chain_values(f)
             ess = effective_sample_size(v)
             out = v.reshape(-1, v.shape[-1]).std(0) / ess.sqrt()
-        elif self.coarse is not None:
-            out = (self.expect(f) - self.coarse.expect(f)).abs().reshape(-1)
-        else:
-            out = torch.zeros_like(self.expect(f)).reshape(-1)
-        shape = self.expect(f).shape
-        return out.reshape(shape)
+            shape = v.shape[2:] if torch.as_tensor(f(self.chains[0, :1])).dim() > 1 else ()
+            return out.reshape(shape)
+        e = self.expect(f)
+        if self.coarse is not None:
+            return (e - self.coarse.expect(f)).abs()
+        return torch.zeros_like(e)
 
     def rhat(self, f) -> torch.Tensor:
         """Split R-hat of f across the chains (mcmc only); values near 1 (< 1.01) mean converged."""
@@ -307,12 +324,13 @@ def _radius(log_f: Callable[[torch.Tensor], torch.Tensor], dtype) -> float:
     )
 
 
-def _finish(method, d, depth, beta, component, X, logw, diagnostics) -> GibbsReference:
+def _finish(method, d, depth, beta, component, X, logw, diagnostics, spectra=None, signs=None) -> GibbsReference:
     logw = logw - logw.max()
     w = torch.exp(logw)
     keep = w > _PRUNE
     w = w[keep]
-    return GibbsReference(method, d, depth, beta, component, X[keep], w / w.sum(), diagnostics=diagnostics)
+    return GibbsReference(method, d, depth, beta, component, X[keep], w / w.sum(), diagnostics=diagnostics,
+                          spectra=None if spectra is None else spectra[keep], signs=None if signs is None else signs[keep])
 
 
 def _quad_d1(energy, depth, beta, component, n_quad, n_angle, dtype) -> GibbsReference:
@@ -337,7 +355,8 @@ def _quad_d1(energy, depth, beta, component, n_quad, n_angle, dtype) -> GibbsRef
     def marginal(u, which):  # density of y = |x|^{1/N} (s_max = s_min = |x| at d = 1)
         return torch.where(u <= R, torch.exp(torch.logsumexp(log_f(u), -1) - logZ), torch.zeros_like(u))
 
-    ref = _finish("quadrature", 1, depth, beta, component, X, logw, {"radius": R, "n_quad": n})
+    ref = _finish("quadrature", 1, depth, beta, component, X, logw, {"radius": R, "n_quad": n},
+                  spectra=X.reshape(-1, 1).abs(), signs=X.reshape(-1).sign())
     ref.marginal = marginal
     return ref
 
@@ -411,22 +430,24 @@ def _quad_d2(energy, depth, beta, component, n_quad, n_angle, dtype) -> GibbsRef
         return le + log_pair(a, b)
 
     def marginal(u, which):  # density of x1 = s_max^{1/N} or x2 = s_min^{1/N} at u (Q,)
-        out = torch.zeros_like(u)
         tq, wq = _gauss(n2 if which == "max" else n1, dtype)
-        for i, ui in enumerate(u.tolist()):
-            if not 0 < ui < R:
-                continue
-            lo, hi = (0.0, ui) if which == "max" else (ui, R)
-            other = lo + (hi - lo) * tq
-            a, b = (torch.full_like(other, ui), other) if which == "max" else (other, torch.full_like(other, ui))
-            out[i] = torch.exp(torch.logsumexp(slice_log(a, b) + torch.log((hi - lo) * wq), 0) - logZ)
-        return out
+        inside = (u > 0) & (u < R)
+        uc = torch.where(inside, u, torch.full_like(u, R / 2))
+        lo = torch.zeros_like(uc) if which == "max" else uc
+        hi = uc if which == "max" else torch.full_like(uc, R)
+        other = lo[:, None] + (hi - lo)[:, None] * tq  # (Q, n)
+        fixed = uc[:, None].expand_as(other)
+        a, b = (fixed, other) if which == "max" else (other, fixed)
+        logs = torch.cat([slice_log(aa, bb) for aa, bb in zip(a.reshape(-1).split(20_000), b.reshape(-1).split(20_000))])
+        vals = torch.logsumexp(logs.reshape(other.shape) + torch.log((hi - lo)[:, None] * wq), -1)
+        return torch.where(inside, torch.exp(vals - logZ), torch.zeros_like(u))
 
     keep = logw > logw.max() + math.log(_PRUNE)
     idx = keep.nonzero(as_tuple=True)
     X = matrices(x1[idx[0]], x2[idx[0]], eps[idx[1]], Rt[idx[2]], Rp[idx[3]])
     diag = {"radius": R, "n_quad": n1, "n_angle": n_ang, "nodes": int(keep.sum())}
-    ref = _finish("quadrature", 2, depth, beta, component, X, logw[idx], diag)
+    spectra = torch.stack([x1[idx[0]] ** N, x2[idx[0]] ** N], -1)
+    ref = _finish("quadrature", 2, depth, beta, component, X, logw[idx], diag, spectra=spectra, signs=eps[idx[1]])
     ref.marginal = marginal
     return ref
 
@@ -512,8 +533,6 @@ def compare(samples: torch.Tensor, ref: GibbsReference, f=headline_observables, 
     Returns one dict per observable: name, mean, stderr (independent chains), reference, reference_stderr,
     z = (mean - reference) / sqrt(stderr^2 + reference_stderr^2).
     """
-    from .stats import independent_chain_stderr
-
     T, C = samples.shape[:2]
     v = f(samples.reshape(T * C, *samples.shape[2:])).reshape(T, C, -1)
     mean, se = v.mean((0, 1)), independent_chain_stderr(v)
