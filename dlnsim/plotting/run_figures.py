@@ -26,10 +26,12 @@ import torch
 
 from .. import results as R
 from .. import _io
+from ..energies import ENERGIES
+from ..entropy import entropy_from_singular_values
 from ..run_theory import energy_title, gibbs_reference, gibbs_setting, stationary_rows
 from .common import COLORS, STYLE, band, finish_time_plot, beta_groups, positive_or_nan, save_figure, run_title
 
-__all__ = ["RUN_FIGURES", "RunFigure", "plot_run", "hist_panels"]
+__all__ = ["RUN_FIGURES", "RunFigure", "plot_run", "hist_panels", "stationary_means", "write_stationary_csv"]
 
 
 def _fig_singular_values(cfg, a, ax=None):
@@ -97,19 +99,41 @@ def _fig_entropy(cfg, a):
     return finish_time_plot(fig, ax, cfg, "entropy $S$ (log-volume of the orbit)")
 
 
+def stationary_means(cfg, beta):
+    """Gibbs-reference means of E, S and F = E - S/beta for the run's energy, or None (dict by array name)."""
+    ref, _ = gibbs_reference(cfg, beta)
+    if ref is None:
+        return None
+    energy = ENERGIES[cfg["energy"]["type"]].from_config(cfg["energy"], cfg["network"]["widths"])
+    N = cfg["network"]["depth"]
+    E = float(ref.expect(lambda X: energy.value(X)))
+    S = float(ref.expect(lambda X: entropy_from_singular_values(torch.linalg.svdvals(X), N)))
+    return {"loss": E, "entropy_formula": S, "free_energy": E - S / beta}
+
+
 def _fig_thermo(cfg, a):
     keys = [("loss", "energy $E$"), ("entropy_formula", "entropy $S$")]
     if "free_energy" in a:
         keys.append(("free_energy", r"free energy $F = E - S/\beta$"))
     fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), squeeze=False)
+    betas = np.atleast_1d(a["beta"]) if "beta" in a else None
+    drawn_ref = False
     for ax, (k, lab) in zip(axes[0], keys):
         for gi, (glabel, idx) in enumerate(beta_groups(a)):
-            band(ax, a["t"], a[k][:, idx], COLORS[gi % len(COLORS)], glabel or None)
+            c = COLORS[gi % len(COLORS)]
+            band(ax, a["t"], a[k][:, idx], c, glabel or "simulation")
+            if gibbs_setting(cfg) and betas is not None:
+                # the stationary value the run should relax to: the mean under the Gibbs reference
+                m = stationary_means(cfg, float(betas[idx[0]]))
+                if m is not None:
+                    ax.axhline(m[k], color=c, ls="--", lw=0.9,
+                               label="Gibbs-law mean (reference)" if (gi == 0 and not drawn_ref) else None)
+                    drawn_ref = True
         ax.set_xlabel("time $t$")
         ax.set_ylabel(lab)
-    if len(beta_groups(a)) > 1:
-        axes[0][0].legend()
-    fig.suptitle(run_title(cfg), fontsize=9)
+    if len(beta_groups(a)) > 1 or drawn_ref or a["loss"].shape[1] > 4:
+        axes[0][0].legend(fontsize=6.5)
+    fig.suptitle(f"{energy_title(cfg)}; " + run_title(cfg), fontsize=8)
     fig.tight_layout()
     return fig
 
