@@ -11,7 +11,7 @@ a module may import its own layer or lower ones only:
     4 dynamics     dynamics.*
     5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts)
     6 run inputs   config, results, builders
-    7 run outputs  plotting.*, runner
+    7 run outputs  plotting.*, runner, bias_check
     8 sweeps       sweep.*, sweep_plots
     9 interface    cli, __main__, the package itself (dlnsim/__init__.py)
 
@@ -34,7 +34,7 @@ LAYERS = [
     ["dynamics"],
     ["observe", "simulation", "run_theory", "problems"],
     ["config", "results", "builders"],
-    ["plotting", "runner"],
+    ["plotting", "runner", "bias_check"],
     ["sweep", "sweep_plots"],
     ["cli", "__main__", "__init__"],
 ]
