@@ -249,7 +249,7 @@ class EndToEndFlow(_FlowIntegrator, Scheme):
 class FreeEnergyFlow(EndToEndFlow):
     """dX/dt = -c A_{N,X}(grad F(X)), F = E - S/beta: EndToEndFlow with its entropic drift (beta required).
 
-    The noise-free free-energy flow (THEORY.md section 5; Chen, Kotwal & Menon 2512.06137); square
+    The noise-free free-energy flow (docs/theory.md section 4; Chen, Kotwal & Menon 2512.06137); square
     full-rank X.
     """
 
