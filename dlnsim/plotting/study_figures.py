@@ -40,7 +40,7 @@ def _describe(cfg) -> str:
     """Scheme, start and energy of one run, for panel titles."""
     net, dyn = cfg["network"], cfg["dynamics"]
     start = net["init"] + (" aligned with $\\Phi$" if net["init"] == "balanced" and net.get("target") == "aligned" else "")
-    return f"{dyn['scheme']} (h = {dyn['step_size']:g}), {start} start"
+    return f"{dyn['scheme']}, h = {dyn['step_size']:g}\n{start} start"
 
 
 def _fig_saxe_modes(vs):
@@ -48,7 +48,7 @@ def _fig_saxe_modes(vs):
     trajectory for B <= 4) with the Saxe closed form where it applies (run_theory.saxe_setting), the
     entropy below. Titles name each variant's scheme and start; the suptitle says what all share."""
     n = len(vs)
-    fig, axes = plt.subplots(2, n, figsize=(2.8 * n, 4.9), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, n, figsize=(3.0 * n, 5.2), squeeze=False, sharex="col")
     for j, (label, cfg, a) in enumerate(vs):
         t, N = a["t"], cfg["network"]["depth"]
         ax = axes[0][j]
