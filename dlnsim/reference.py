@@ -161,6 +161,14 @@ class GibbsReference:
         u = torch.as_tensor(u, dtype=self.X.dtype)
         return self.marginal(u.reshape(-1).clamp_min(0), which).reshape(u.shape)
 
+    def expect_spectral(self, g) -> torch.Tensor:
+        """E g(s) for a function g of the singular values s (P, d) (descending) -> (P,) or (P, k): from the
+        nodes' stored singular values (quadrature: no SVD of the nodes) or by SVD of the samples."""
+        if self.spectra is not None:
+            v = torch.as_tensor(g(self.spectra), dtype=self.X.dtype)
+            return (self.weights.reshape(-1, *([1] * (v.dim() - 1))) * v).sum(0)
+        return self.expect(lambda X: g(torch.linalg.svdvals(X)))
+
     def histogram(self, f, edges) -> tuple[torch.Tensor, torch.Tensor]:
         """Density of the scalar f(X) (P,) on the bins `edges` (K+1,) and its standard error (K,).
 

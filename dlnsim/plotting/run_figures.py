@@ -107,7 +107,7 @@ def stationary_means(cfg, beta):
     energy = ENERGIES[cfg["energy"]["type"]].from_config(cfg["energy"], cfg["network"]["widths"])
     N = cfg["network"]["depth"]
     E = float(ref.expect(lambda X: energy.value(X)))
-    S = float(ref.expect(lambda X: entropy_from_singular_values(torch.linalg.svdvals(X), N)))
+    S = float(ref.expect_spectral(lambda s: entropy_from_singular_values(s, N)))
     return {"loss": E, "entropy_formula": S, "free_energy": E - S / beta}
 
 
@@ -154,7 +154,7 @@ def _reference_panel(ax, cfg, beta, which, hi, N, style="-", many_betas=False):
         ax.text(0.5, 0.5, why.replace(": ", ":\n", 1), transform=ax.transAxes, ha="center", va="center", fontsize=7,
                 color="0.3", wrap=True)
         return
-    x = np.linspace(1e-6, hi * 1.05 + 1e-9, 150)
+    x = np.linspace(1e-6, hi * 1.05 + 1e-9, 80)  # a smooth curve; each point is a slice quadrature
     pdf = ref.pdf_layer(which, torch.tensor(x))
     if pdf is not None:
         ax.plot(x, pdf.numpy(), color="k", ls=style, lw=1.1,

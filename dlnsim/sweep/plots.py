@@ -94,8 +94,9 @@ def _gibbs_summary(points, axis_keys: list[str]):
             ref, why = gibbs_reference(cfg, float(beta))
             if ref is not None:
                 th_x2, tse_x2 = (float(v[0]) for v in ref.headline())
-                ent_f = lambda X: entropy_from_singular_values(torch.linalg.svdvals(X), N)  # noqa: E731
-                th_s, tse_s = float(ref.expect(ent_f)), float(ref.stderr(ent_f))
+                th_s = float(ref.expect_spectral(lambda s: entropy_from_singular_values(s, N)))
+                tse_s = float(ref.stderr(lambda X: entropy_from_singular_values(torch.linalg.svdvals(X), N))) \
+                    if ref.method == "mcmc" else 0.0
             else:
                 th_x2 = tse_x2 = th_s = tse_s = float("nan")
             z = lambda m, se, th, tse: (m - th) / math.sqrt(se**2 + tse**2) if se > 0 else float("nan")  # noqa: E731
