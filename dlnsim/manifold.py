@@ -1,7 +1,7 @@
 """The balanced manifold of a square deep linear network: constraints, tangent projector, Newton projection.
 
     M = { W = (W_1, ..., W_N) of full rank : G_p(W) = W_{p+1}^T W_{p+1} - W_p W_p^T = 0, p = 1..N-1 },
-    dim M = d^2 + (N-1) d(d-1)/2                                  (THEORY.md sections 2 and 5(a)),
+    dim M = d^2 + (N-1) d(d-1)/2                                  (docs/theory.md sections 2 and 6(a)),
 
 seen as the zero set of the constraint map c(W) = (upper-triangular entries i <= j of G_p)_{p=1..N-1}
 in R^m, m = (N-1) d(d+1)/2 (p-major, then row-major i <= j, the order of torch.triu_indices).
@@ -532,7 +532,7 @@ def _dst(depth: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Te
 class BalancedFrame:
     """The constraint map of M around x, in the singular frames of x (the fast path, O(N d^3)).
 
-    At a balanced point W_p = Q_p diag(l) Q_{p-1}^T (l = s^{1/N}, Q_0 = V, Q_N = U; THEORY section 2).
+    At a balanced point W_p = Q_p diag(l) Q_{p-1}^T (l = s^{1/N}, Q_0 = V, Q_N = U; docs/theory.md section 2).
     Frames: Q_0, l^2 from one eigh of W_1^T W_1, then Q_p = W_p Q_{p-1} diag(1/l) (exact on M), made
     orthogonal to roundoff by one Newton-Schulz step Q <- Q (3 I - Q^T Q) / 2. Frame coordinates
     Vt_p = Q_p^T V_p Q_{p-1} (parameters) and Lt_p = Q_p^T L_p Q_p (constraints, symmetric) are

@@ -7,13 +7,13 @@ a module may import its own layer or lower ones only:
     0 foundation   _version, _io, _checks, options, lifecycle, safe_io, safe_paths, runlock, resources,
                    _guard, _children
     1 kernels      spectral, stats, small_svd
-    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, depth_limit, fields,
+    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, reference, depth_limit, fields,
                    field_network, field_geometry, entropy_fields (the DLN over R, C, H)
     3 energies     energies, field_energies
     4 dynamics     dynamics.*
     5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts), field_observe
     6 run inputs   config, results, builders, field_runs
-    7 run outputs  plotting.*, runner
+    7 run outputs  plotting.*, runner, bias_check
     8 sweeps       sweep.*, sweep_plots
     9 interface    cli, __main__, the package itself (dlnsim/__init__.py)
 
@@ -32,13 +32,13 @@ LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle", "safe_io", "safe_paths", "runlock", "resources",
      "_guard", "_children"],
     ["spectral", "stats", "small_svd"],
-    ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "depth_limit",
+    ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "reference", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields"],
     ["energies", "field_energies"],
     ["dynamics"],
     ["observe", "simulation", "run_theory", "problems", "field_observe"],
     ["config", "results", "builders", "field_runs"],
-    ["plotting", "runner"],
+    ["plotting", "runner", "bias_check"],
     ["sweep", "sweep_plots"],
     ["cli", "__main__", "__init__"],
 ]

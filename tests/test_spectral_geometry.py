@@ -1,4 +1,4 @@
-"""Metric operator A_{N,X}, its powers, the metric g^N and the spectral kernel K (THEORY.md section 3).
+"""Metric operator A_{N,X}, its powers, the metric g^N and the spectral kernel K (docs/theory.md section 3).
 
 References are computed independently of the code's SVD path: fractional powers of X X^T and
 X^T X by torch.linalg.eigh, the geometric sum for K term by term, and mpmath at 50 digits.

@@ -43,7 +43,7 @@ MAX_POINTS = 10_000
 SWEEP_FILE, MANIFEST, RUNS, POINTS, FIGURES, SUBMITIT = (
     "sweep.yaml", "manifest.csv", "runs", "points", "figures", "submitit",
 )
-# How common axes are named in figure legends (math symbols of THEORY.md).
+# How common axes are named in figure legends (math symbols of docs/theory.md).
 AXIS_SYMBOLS = {"network.depth": "N", "network.width": "d", "dynamics.beta": r"$\beta$", "dynamics.step_size": "h",
                 "energy.alpha": r"$\alpha$", "dynamics.seed": "seed"}
 _NAME = re.compile(r"[A-Za-z0-9_.=+\-]+")
