@@ -54,7 +54,6 @@ __all__ = [
     "theory_arrays",
 ]
 
-# Largest width d for which the Gibbs law of the singular values is computed by quadrature.
 # Largest width d for which figures compute the Gibbs reference of any energy by MCMC (d^2-dimensional
 # random walk: beyond this its mixing makes a figure slow and its band wide).
 GIBBS_MCMC_MAX_WIDTH = 4
