@@ -30,7 +30,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle", "safe_io", "safe_paths", "runlock", "resources",
-     "_guard", "_children"],
+     "_guard", "_children", "record_store"],
     ["spectral", "stats"],
     ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields"],
@@ -39,7 +39,7 @@ LAYERS = [
     ["observe", "simulation", "run_theory", "problems", "field_observe"],
     ["config", "results", "builders", "field_runs"],
     ["plotting", "runner"],
-    ["sweep", "sweep_plots"],
+    ["sweep", "sweep_plots", "loaders"],
     ["cli", "__main__", "__init__"],
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
