@@ -27,9 +27,14 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["RecordStore", "write_npz_streamed", "RECORDS"]
+__all__ = ["RecordStore", "write_npz_streamed", "RECORDS", "DISK_BYTES", "CHUNK_BYTES"]
 
 RECORDS = "records"  # the folder name inside a run folder
+# output.records: auto streams a run's records to disk when they would exceed DISK_BYTES; the store
+# then receives a chunk every CHUNK_BYTES of records (and at each checkpoint). The memory estimate
+# (dlnsim.resources) and the runner both read these.
+DISK_BYTES = 256 * 2**20
+CHUNK_BYTES = 16 * 2**20
 _CHUNK = re.compile(r"(?P<name>[A-Za-z0-9_]+)-(?P<start>\d{10})\.npy$")
 
 

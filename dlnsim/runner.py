@@ -56,6 +56,7 @@ from .network import read_weight_file  # noqa: F401
 from .run_theory import saxe_reference, theory_arrays  # noqa: F401
 from .runlock import RunLock
 from .safe_paths import check_showcase
+from . import record_store
 from .record_store import RecordStore
 from .simulation import Diverged, Simulation
 
@@ -107,8 +108,8 @@ def _test_hooks():
 
 # output.records: auto streams the records to disk when they would exceed this many bytes; the
 # store writes a chunk every RECORD_CHUNK_BYTES of records (and at each checkpoint).
-RECORDS_DISK_BYTES = 256 * 2**20
-RECORD_CHUNK_BYTES = 16 * 2**20
+RECORDS_DISK_BYTES = record_store.DISK_BYTES
+RECORD_CHUNK_BYTES = record_store.CHUNK_BYTES
 
 
 def _save_points(cfg: dict) -> int:
