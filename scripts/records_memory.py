@@ -78,7 +78,7 @@ def main() -> None:
         B, saves, records = case.split(":")
         r = measure(int(B), int(saves), records, work)
         rows.append(r)
-        mb = lambda x: f"{x / 2**20:.0f} MiB" if x is not None else "-"  # noqa: E731
+        mb = lambda x: "-" if x is None else (f"{x / 2**20:.0f} MiB" if x >= 2**20 else f"{x / 1e3:.0f} kB")  # noqa: E731
         print(f"| {r['B']} | {r['saves'] + 1} | {r['records']} | {mb(r['records_bytes'])} | {r['maxrss_kib'] / 1024:.0f} MiB "
               f"| {r['wall_s']:.0f} s | {mb(r['sizes'].get('arrays.npz'))} | {mb(r['sizes'].get('metrics.csv'))} |", flush=True)
     print(json.dumps(rows), file=sys.stderr)
