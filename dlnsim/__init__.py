@@ -6,6 +6,7 @@ Theory functions (pure, batched, usable in a notebook) are exported here:
 Stationary law and statistics: SingularValueLaw, gibbs_log_density, ks_test, zscore.
 Simulation: DeepLinearNetwork, energies, the schemes of dlnsim.dynamics, Simulation / simulate;
 runs from YAML: dlnsim.config, dlnsim.runner, the `dlnsim` command (dlnsim.cli).
+Results: load_run(dir), load_sweep(dir) (dlnsim.loaders).
 """
 from ._version import __version__  # noqa: F401
 
@@ -76,3 +77,5 @@ from .dynamics import (  # noqa: F401,E402
     WeightDecayDescent,
 )
 from .dynamics.balancing import balance, balance_from_gaussian, training_decomposition  # noqa: F401,E402
+# working with results: run and sweep folders as arrays, config, meta and a tidy table
+from .loaders import load_run, load_sweep  # noqa: F401,E402

@@ -174,6 +174,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "checkpoint_every": O(50, "write checkpoint.pt every k save points (0: only on interrupt)", Int(ge=0)),
         "figures": O(True, "draw figures at the end of the run", Bool()),
         "formats": O(["png", "pdf"], "figure formats", NameList(("png", "pdf"), nullable=False)),
+        "metrics": O("auto", "metrics.csv: full (one row per save point x trajectory) | summary (one row per save point x quantity [x beta]: "
+                     "ensemble n, mean, std, min, q05, q25, median, q75, q95, max) | off | auto (full up to 100000 rows = saves x trajectories, summary above)",
+                     Choice(("auto", "full", "summary", "off"))),
+        "records": O("auto", "where the records grow during a run: memory | disk (records/*.npy chunks, bounded memory; folded into arrays.npz at the end) | "
+                     "auto (disk when the records would exceed 256 MiB)", Choice(("auto", "memory", "disk"))),
         "showcase": O(None, "also copy the headline figure (PNG) to this path, inside <output.dir>/showcase/ (e.g. results/showcase/saxe_modes.png; elsewhere only with --allow-showcase-anywhere)",
                       Str(nullable=True)),
     },

@@ -12,7 +12,8 @@ the tensors a run holds at once:
                                m = (N-1) d(d+1)/2 constraints (held dense when m <= 24)
     gram        B k P s        the orbit tangents of entropy_measured, k = (N-1) d(d-1)/2
     records     T B q 8        T save points of q recorded numbers per trajectory, twice (the
-                               list of records and the stacked arrays)
+                               list of records and the stacked arrays); records streamed to disk
+                               (output.records) cost two chunks instead
     data        (d_0+d_N) n 8 + B d_N n s   regression inputs/outputs and X A
 
 and compares it with `device.max_memory_gb` (default: 80% of the physical memory, or of the
@@ -24,6 +25,8 @@ from __future__ import annotations
 import math
 import os
 import resource
+
+from .record_store import CHUNK_BYTES, DISK_BYTES
 
 __all__ = ["MAX_STEPS", "step_count", "available_cpus", "check_threads", "memory_estimate",
            "memory_limit_bytes", "check_memory", "fmt_bytes"]
@@ -95,6 +98,10 @@ def memory_estimate(cfg: dict) -> tuple[float, dict[str, float], str]:
     T = steps // every + 2
     q = 2 * r + max(N - 1, 1) + 16 + (widths[-1] * widths[0] if "X" in include else 0)
     parts["records"] = float(T) * B * q * 8 * 2
+    streamed = cfg.get("output", {}).get("records", "auto")
+    if streamed == "disk" or (streamed == "auto" and float(T) * B * q * 8 > DISK_BYTES):
+        # streamed to disk (dlnsim.record_store): a chunk in memory and its copy, plus the save times
+        parts["records"] = 2.0 * (CHUNK_BYTES + B * q * 8) + T * 16.0
     if en.get("type") == "linear_regression":
         n = int(en.get("n_samples") or 0) if not en.get("data") else 0
         if n:

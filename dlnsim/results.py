@@ -5,9 +5,13 @@ Layout of a run folder (`dlnsim run`):
     config.yaml     the fully resolved config (reproduces the run on its own)
     meta.json       versions, git commit, device, dtype, seed, times, command line, and `status`
                     (running -> completed | interrupted | diverged | failed), written LAST
-    metrics.csv     tidy scalars: one row per save point x trajectory
+    metrics.csv     tidy scalars (output.metrics): full, one row per save point x trajectory; summary,
+                    one row per save point x quantity with ensemble n, mean, std, min, quantiles, max
     arrays.npz      t (T,), step (T,), observables (T, B, ...), beta (B,), theory curves
     checkpoint.pt   state, generator state and records so far (while a run can still be resumed)
+    records/        only while a large run is under way or interrupted (output.records): the records
+                    streamed to disk in .npy chunks (dlnsim.record_store); the checkpoint then
+                    references them instead of holding them; folded into arrays.npz at the end
     figures/        PNG and PDF
 
 A study folder (a config with study.variants) holds config.yaml, meta.json (with "study": true
@@ -25,6 +29,7 @@ import platform
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import yaml
@@ -44,6 +49,9 @@ __all__ = [
     "write_arrays",
     "read_arrays",
     "write_metrics",
+    "write_arrays_streamed",
+    "metric_columns",
+    "metrics_mode",
     "save_checkpoint",
     "load_checkpoint",
     "environment",
@@ -51,8 +59,8 @@ __all__ = [
 ]
 
 STATUSES = (Status.RUNNING, Status.COMPLETED, Status.INTERRUPTED, Status.DIVERGED, Status.FAILED)  # of a run folder
-CONFIG, META, METRICS, ARRAYS, CHECKPOINT, FIGURES, RUNS = (
-    "config.yaml", "meta.json", "metrics.csv", "arrays.npz", "checkpoint.pt", "figures", "runs",
+CONFIG, META, METRICS, ARRAYS, CHECKPOINT, FIGURES, RUNS, RECORDS = (
+    "config.yaml", "meta.json", "metrics.csv", "arrays.npz", "checkpoint.pt", "figures", "runs", "records",
 )
 
 
@@ -134,13 +142,19 @@ def read_arrays(run_dir: str) -> dict[str, np.ndarray]:
 
 # Vector observables (T, B, k) with k up to this many entries get one column per entry.
 _MAX_COLUMNS = 8
+# output.metrics: auto writes one row per save point x trajectory up to this many rows (about 7 MB
+# of CSV per scalar column set), the ensemble summary above it.
+METRICS_FULL_MAX_ROWS = 100_000
+SUMMARY_STATS = ("n", "mean", "std", "min", "q05", "q25", "median", "q75", "q95", "max")
 
 
-def write_metrics(run_dir: str, arrays: dict[str, np.ndarray]) -> None:
-    """metrics.csv: columns step, t, traj, [beta], then every (T, B) scalar and small (T, B, k) vector."""
+def metric_columns(arrays: dict[str, np.ndarray], T: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """The tidy columns of a block of records: step, t, traj, [beta], then every (T, B) scalar and
+    each entry of a small (T, B, k) vector (and balancedness_max), and theory curves (T, r) repeated
+    for every trajectory; one row per save point x trajectory, save point major."""
     t, step = arrays["t"], arrays["step"]
-    T = t.shape[0]
-    B = next(v.shape[1] for k, v in arrays.items() if v.ndim >= 2 and v.shape[0] == T)
+    T = t.shape[0] if T is None else T
+    B = next(v.shape[1] for k, v in arrays.items() if k not in ("t", "step", "beta") and v.ndim >= 2 and v.shape[0] == T)
     cols: list[tuple[str, np.ndarray]] = [
         ("step", np.repeat(step, B)),
         ("t", np.repeat(t, B)),
@@ -159,14 +173,95 @@ def write_metrics(run_dir: str, arrays: dict[str, np.ndarray]) -> None:
             cols += [(f"{k}_{i + 1}", v[:, :, i].reshape(-1)) for i in range(v.shape[2])]
         elif v.ndim == 2 and v.shape[1] <= _MAX_COLUMNS:  # theory curves (T, r): same for every traj
             cols += [(f"{k}_{i + 1}", np.repeat(v[:, i], B)) for i in range(v.shape[1])]
-    names = [c[0] for c in cols]
-    data = np.column_stack([c[1].astype(np.float64) for c in cols])
-    fmt = ["%d", "%.17g", "%d"] + ["%.10g"] * (len(cols) - 3)
+    return cols
+
+
+def metrics_mode(mode: str, T: int, B: int) -> str:
+    """output.metrics resolved for a run of T save points x B trajectories: full | summary | off."""
+    if mode != "auto":
+        return mode
+    return "full" if T * B <= METRICS_FULL_MAX_ROWS else "summary"
+
+
+def _summary_lines(cols: list[tuple[str, np.ndarray]], T: int, B: int) -> list[str]:
+    """Rows step, t, [beta], quantity, n, mean, std, min, q05, q25, median, q75, q95, max of a block:
+    statistics over the trajectories (per beta when the batch holds several) of each column, at
+    each save point; n counts the finite values the statistics are taken over."""
+    by = dict(cols)
+    step, t = by["step"].reshape(T, B)[:, 0], by["t"].reshape(T, B)[:, 0]
+    beta = by["beta"].reshape(T, B)[0] if "beta" in by else None
+    groups = [(None, np.ones(B, dtype=bool))] if beta is None else [(b, beta == b) for b in np.unique(beta)]
+    lines = []
+    for name, v in cols:
+        if name in ("step", "t", "traj", "beta"):
+            continue
+        v = v.reshape(T, B).astype(np.float64)
+        for b, sel in groups:
+            x = np.where(np.isfinite(v[:, sel]), v[:, sel], np.nan)
+            n = np.isfinite(x).sum(axis=1)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN statistics
+                q = np.nanquantile(x, [0.05, 0.25, 0.5, 0.75, 0.95], axis=1)
+                stats = [np.nanmean(x, axis=1), np.nanstd(x, axis=1, ddof=1) if x.shape[1] > 1 else np.full(T, np.nan),
+                         np.nanmin(x, axis=1), q[0], q[1], q[2], q[3], q[4], np.nanmax(x, axis=1)]
+            for i in range(T):
+                head = [f"{int(step[i])}", f"{t[i]:.17g}"] + ([] if b is None else [f"{b:.17g}"])
+                lines.append(",".join(head + [name, f"{int(n[i])}"] + [f"{s[i]:.10g}" for s in stats]))
+    return lines
+
+
+def _row_blocks(arrays: dict[str, np.ndarray], rows: int):
+    """The records split into blocks of save points (every (T, ...) array sliced along its first axis)."""
+    T = arrays["t"].shape[0]
+    for a in range(0, max(T, 1), rows):
+        yield {k: (v[a:a + rows] if k != "beta" and v.shape[:1] == (T,) else v) for k, v in arrays.items()}
+
+
+def write_metrics(run_dir: str, arrays: dict[str, np.ndarray] | None = None, *, mode: str = "full", blocks=None) -> str | None:
+    """metrics.csv (mode full: one row per save point x trajectory, columns of `metric_columns`;
+    summary: one row per save point x quantity [x beta], the columns SUMMARY_STATS over the
+    trajectories; off: no file). The records come as `arrays` or as an iterable of blocks of save
+    points (`blocks`, e.g. from a record store, each a dict of arrays sliced along the save axis
+    plus beta), written one block at a time. Returns the path written, or None."""
+    path = os.path.join(run_dir, METRICS)
+    if mode == "off":
+        if os.path.exists(path):
+            os.remove(path)
+        return None
+    if blocks is None:
+        blocks = _row_blocks(arrays, max(1, 1_000_000 // max(1, next(v.shape[1] for k, v in arrays.items()
+                                                                       if k not in ("t", "step", "beta") and v.ndim >= 2))))
 
     def write(f):
-        np.savetxt(f, data, fmt=fmt, delimiter=",", header=",".join(names), comments="")
+        first = True
+        for block in blocks:
+            T = block["t"].shape[0]
+            if T == 0:
+                continue
+            cols = metric_columns(block)
+            B = cols[2][1].shape[0] // T
+            if mode == "summary":
+                if first:
+                    f.write(",".join(["step", "t"] + (["beta"] if "beta" in block else []) + ["quantity", *SUMMARY_STATS]) + "\n")
+                lines = _summary_lines(cols, T, B)
+                if lines:
+                    f.write("\n".join(lines) + "\n")
+            else:
+                data = np.column_stack([c[1].astype(np.float64) for c in cols])
+                fmt = ["%d", "%.17g", "%d"] + ["%.10g"] * (len(cols) - 3)
+                np.savetxt(f, data, fmt=fmt, delimiter=",", header=",".join(c[0] for c in cols) if first else "", comments="")
+            first = False
 
-    _atomic(os.path.join(run_dir, METRICS), write)
+    _atomic(path, write)
+    return path
+
+
+def write_arrays_streamed(run_dir: str, store, extra: dict[str, np.ndarray]) -> None:
+    """arrays.npz from a record store (dlnsim.record_store) and small extra arrays (beta, theory
+    curves), one chunk in memory at a time; read like any arrays.npz."""
+    from .record_store import write_npz_streamed
+
+    write_npz_streamed(os.path.join(run_dir, ARRAYS), store, extra, order=["t", "step"])
 
 
 def save_checkpoint(run_dir: str, payload: dict) -> None:
@@ -235,7 +330,7 @@ def clean_temp_files(folder: str) -> list[str]:
     """Remove the temporary files of interrupted atomic writes (`<name>.tmp<pid>[-<thread>]`) in a
     run folder and its figures/; call it only while holding the folder's lock. Returns their names."""
     removed = []
-    for sub in (folder, os.path.join(folder, FIGURES)):
+    for sub in (folder, os.path.join(folder, FIGURES), os.path.join(folder, RECORDS)):
         try:
             names = os.listdir(sub)
         except OSError:

@@ -10,6 +10,10 @@ folder needs around it:
 - meta.json: status running -> completed | interrupted | diverged | failed (dlnsim.lifecycle.Status),
   written last; a diverged run records the step, time and quantity and keeps the data so far;
 - checkpoints (state, generator state, records) every output.checkpoint_every save points;
+- output.records: large ensembles stream their records to <run>/records/ in .npy chunks
+  (dlnsim.record_store) so that memory stays bounded; the checkpoint then references the records
+  on disk up to its save index, a resume truncates them there, and at the end they are streamed
+  into arrays.npz and the folder removed; output.metrics thins metrics.csv (summary) or drops it;
 - SIGINT/SIGTERM (dlnsim.lifecycle.StopSignal): the current step finishes, everything recorded so
   far and a checkpoint are written, status 'interrupted', exit code 128 + signal (130 / 143).
   `resume` continues from the checkpoint; on CPU the resumed arrays are bit-identical to an
@@ -52,6 +56,8 @@ from .network import read_weight_file  # noqa: F401
 from .run_theory import saxe_reference, theory_arrays  # noqa: F401
 from .runlock import RunLock
 from .safe_paths import check_showcase
+from . import record_store
+from .record_store import RecordStore
 from .simulation import Diverged, Simulation
 
 __all__ = [
@@ -100,15 +106,78 @@ def _test_hooks():
     return on_step
 
 
-def _arrays(cfg: dict, sim: Simulation) -> dict[str, np.ndarray]:
-    """arrays.npz: the records, beta (B,) for runs with a temperature, and the theory curves."""
-    out = sim.arrays()
+# output.records: auto streams the records to disk when they would exceed this many bytes; the
+# store writes a chunk every RECORD_CHUNK_BYTES of records (and at each checkpoint).
+RECORDS_DISK_BYTES = record_store.DISK_BYTES
+RECORD_CHUNK_BYTES = record_store.CHUNK_BYTES
+
+
+def _save_points(cfg: dict) -> int:
+    n, every = cfg["dynamics"]["steps"], cfg["observers"]["every"]
+    return n // every + 1 + (n % every != 0)
+
+
+def _attach_store(cfg: dict, run_dir: str, sim: Simulation, ck: dict | None) -> RecordStore | None:
+    """The record store of a run (output.records), attached to sim, or None (records in memory).
+    A resumed run keeps the choice its checkpoint made; a fresh one starts with an empty store."""
+    mode = cfg["output"]["records"]
+    if ck is not None:
+        if "records_on_disk" not in ck:
+            return None
+    elif mode == "memory":
+        return None
+    first = sim.saved[0] if sim.saved else None
+    per_save = sum(v.numel() * v.element_size() for v in first.values()) if first is not None else 0
+    if ck is None and mode == "auto" and per_save * _save_points(cfg) <= RECORDS_DISK_BYTES:
+        return None
+    store = RecordStore(os.path.join(run_dir, R.RECORDS))
+    if ck is None:
+        store.remove()  # a fresh run: nothing left from an earlier attempt
+        store = RecordStore(store.folder)
+    if per_save == 0 and ck is not None:  # resumed: measure from the records on disk
+        per_save = sum(int(np.prod(store.spec(k)[0][1:])) * store.spec(k)[1].itemsize for k in store.names) if store.names else 1
+    sim.attach_store(store, max(1, RECORD_CHUNK_BYTES // max(per_save, 1)), resuming=ck is not None)
+    return store
+
+
+def _extra_arrays(cfg: dict, t: np.ndarray) -> dict[str, np.ndarray]:
+    """beta (B,) for runs with a temperature, and the theory curves on the save times t."""
+    out = {}
     beta = beta_of(cfg, *device_dtype(cfg))
     if isinstance(beta, torch.Tensor):
         out["beta"] = beta.cpu().numpy()
     elif beta is not None:
         out["beta"] = np.full(batch_size(cfg), float(beta))
-    out.update(theory_arrays(cfg, out["t"]))
+    out.update(theory_arrays(cfg, t))
+    return out
+
+
+def _write_records(cfg: dict, run_dir: str, sim: Simulation) -> None:
+    """arrays.npz and metrics.csv (output.metrics), from memory or streamed from the record store."""
+    mode = R.metrics_mode(cfg["output"]["metrics"], sim.n_saved, batch_size(cfg))
+    if sim.store is None:
+        arrays = _arrays(cfg, sim)
+        R.write_arrays(run_dir, arrays)
+        R.write_metrics(run_dir, arrays, mode=mode)
+        return
+    sim.flush()
+    t = np.asarray(sim.times, dtype=np.float64)
+    extra = _extra_arrays(cfg, t)
+    R.write_arrays_streamed(run_dir, sim.store, extra)
+
+    def blocks():
+        for start, block in sim.store.blocks():
+            n = block["t"].shape[0]
+            block.update({k: (v if k == "beta" else v[start:start + n]) for k, v in extra.items()})
+            yield block
+
+    R.write_metrics(run_dir, mode=mode, blocks=blocks())
+
+
+def _arrays(cfg: dict, sim: Simulation) -> dict[str, np.ndarray]:
+    """arrays.npz: the records, beta (B,) for runs with a temperature, and the theory curves."""
+    out = sim.arrays()
+    out.update(_extra_arrays(cfg, out["t"]))
     return out
 
 
@@ -193,6 +262,7 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
     if ck is not None:
         sim, generator = build_simulation(cfg, study_figure, fresh=False)
         try:
+            _attach_store(cfg, run_dir, sim, ck)
             sim.load_state_dict(ck, device_dtype(cfg)[0])
             generator.set_state(ck["generator"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
@@ -203,6 +273,8 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
         sim, generator = built or build_simulation(cfg, study_figure)
         R.update_meta(run_dir, started=True, status=Status.RUNNING)
     n_steps, ck_every = cfg["dynamics"]["steps"], cfg["output"]["checkpoint_every"]
+    if ck is None:
+        _attach_store(cfg, run_dir, sim, None)
     bar = _progress(n_steps, sim.state.step, desc, quiet)
     last = [sim.state.step]
 
@@ -210,8 +282,8 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
         bar.update(s.state.step - last[0])
         last[0] = s.state.step
         if not bar.disable:
-            bar.set_postfix(loss=f"{float(s.saved[-1]['loss'].mean()):.3g}", refresh=False)
-        if ck_every and len(s.saved) % ck_every == 0 and s.state.step < n_steps:
+            bar.set_postfix(loss=f"{float(s.last['loss'].mean()):.3g}", refresh=False)
+        if ck_every and s.n_saved % ck_every == 0 and s.state.step < n_steps:
             R.save_checkpoint(run_dir, _checkpoint(s, generator, cfg))
 
     fields: dict = {}
@@ -227,20 +299,21 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
         fields["diverged"] = {"step": e.step, "t": e.t, "quantity": e.quantity, "trajectories": e.trajectories}
     finally:
         bar.close()
-    arrays = _arrays(cfg, sim)
-    R.write_arrays(run_dir, arrays)
-    R.write_metrics(run_dir, arrays)
+    _write_records(cfg, run_dir, sim)
     if status == Status.INTERRUPTED:
         R.save_checkpoint(run_dir, _checkpoint(sim, generator, cfg))
-    elif os.path.exists(os.path.join(run_dir, R.CHECKPOINT)):
-        os.remove(os.path.join(run_dir, R.CHECKPOINT))  # nothing left to resume
+    else:
+        if os.path.exists(os.path.join(run_dir, R.CHECKPOINT)):
+            os.remove(os.path.join(run_dir, R.CHECKPOINT))  # nothing left to resume
+        if sim.store is not None:
+            sim.store.remove()  # folded into arrays.npz
     if status != Status.INTERRUPTED:
         warnings = _scheme_warnings(sim)
         fields["warnings"] = warnings
         for w in warnings:
             print(f"dlnsim: warning: {'' if study_figure is None else os.path.basename(run_dir) + ': '}{w}", file=sys.stderr)
         R.update_meta(run_dir, warnings=warnings)  # before the figures, which show them in their title
-    if study_figure is None and status in (Status.COMPLETED, Status.DIVERGED) and sim.saved:
+    if study_figure is None and status in (Status.COMPLETED, Status.DIVERGED) and sim.n_saved:
         figs, fig_error = _figures_safely(run_dir, cfg, False, quiet)
         if fig_error:
             fields["figure_error"] = fig_error
@@ -249,7 +322,7 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
     R.clean_temp_files(run_dir)
     wall = meta.get("wall_time_s", 0.0) + time.time() - t0
     R.update_meta(run_dir, end_time=R.now(), wall_time_s=round(wall, 3), steps_done=sim.state.step,
-                  t_reached=sim.state.t, n_saved=len(sim.saved), message=message, **fields, status=status)
+                  t_reached=sim.state.t, n_saved=sim.n_saved, message=message, **fields, status=status)
     code = 128 + stop.signum if status == Status.INTERRUPTED else EXIT_CODES[status]
     return Outcome(status, run_dir, message, code)
 

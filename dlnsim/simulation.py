@@ -17,7 +17,11 @@ Both `dlnsim.simulate` and the CLI runner (dlnsim.runner) use this loop:
 - `state_dict` / `load_state_dict`: the checkpoint (State.state_dict, scheme caches, observer
   memory, records), so that a resumed run on the CPU is bit-identical to an uninterrupted one.
 Records are kept as one dict of (B, ...) tensors per save point and stacked when asked for; the
-loop itself makes no host syncs between save points.
+loop itself makes no host syncs between save points. With a record store attached
+(`attach_store`, dlnsim.record_store: the runner does this for large ensembles) the saved points
+are moved to disk every `flush_every` saves, so that memory stays bounded: `saved` then holds only
+the points not yet on disk, `n_saved` counts all of them, and a checkpoint references the records
+on disk up to its save index instead of embedding them.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import torch
 
 from .dynamics.base import Scheme, State
 from .observe import Observer
+from .record_store import RecordStore
 
 __all__ = ["Simulation", "simulate", "Diverged", "Records"]
 
@@ -116,6 +121,10 @@ class Simulation:
         self.saved: list[dict[str, torch.Tensor]] = []
         self.times: list[float] = []
         self.steps: list[int] = []
+        self.store: RecordStore | None = None  # attach_store: records streamed to disk
+        self.flush_every = 0
+        self.n_flushed = 0  # save points already moved to the store
+        self.last: dict[str, torch.Tensor] | None = None  # the latest save point's measurements
         if save_initial and state.step == 0:
             self.save()
 
@@ -142,8 +151,39 @@ class Simulation:
             sv = torch.linalg.svdvals(torch.where(ok[:, None, None], Xr, torch.zeros_like(Xr)))
             m["reference_singular_values"] = torch.where(ok[:, None], sv, torch.full_like(sv, float("nan")))
         self.saved.append(m)
+        self.last = m
         self.times.append(st.t)
         self.steps.append(st.step)
+        if self.store is not None and len(self.saved) >= self.flush_every:
+            self.flush()
+
+    # -- records on disk -----------------------------------------------------------------------
+    @property
+    def n_saved(self) -> int:
+        """Save points recorded so far (in memory and on disk)."""
+        return self.n_flushed + len(self.saved)
+
+    def attach_store(self, store: RecordStore, flush_every: int, *, resuming: bool = False) -> None:
+        """Stream the records to `store` every flush_every save points from now on (the points
+        saved so far go first). The store must hold exactly the points before those in memory;
+        resuming: it holds a checkpoint's records (load_state_dict truncates it to them next)."""
+        if not resuming and store.n_rows != self.n_flushed:
+            raise ValueError(f"record store holds {store.n_rows} save points, the simulation {self.n_flushed}")
+        self.store, self.flush_every = store, max(1, int(flush_every))
+        if len(self.saved) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the save points held in memory to the store (one host sync)."""
+        if self.store is None or not self.saved:
+            return
+        a, b = self.n_flushed, self.n_saved
+        block = {"t": np.asarray(self.times[a:b], dtype=np.float64), "step": np.asarray(self.steps[a:b], dtype=np.int64)}
+        for k in self.saved[0]:
+            block[k] = torch.stack([r[k] for r in self.saved]).cpu().numpy()
+        self.store.append(block)
+        self.n_flushed = b
+        self.saved = []
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, n_steps: int, callback: Callable[["Simulation"], None] | None = None, *, stop=None,
@@ -185,6 +225,13 @@ class Simulation:
     # -- output --------------------------------------------------------------------------------
     def records(self) -> Records:
         """Stack the saved measurements: "t" (T,) and every observable (T, B, ...), as torch tensors."""
+        if self.store is not None and self.n_flushed:
+            a = self.arrays()
+            ref = next((v for k, v in a.items() if k not in ("t", "step")), None)
+            out = Records({k: torch.from_numpy(v) for k, v in a.items() if k not in ("t", "step")})
+            out["t"] = torch.tensor(self.times, dtype=torch.float64 if ref is None else torch.from_numpy(ref).dtype)
+            out.state = self.state
+            return out
         out = Records({k: torch.stack([c[k] for c in self.saved]) for k in self.saved[0]} if self.saved else {})
         ref = next(iter(out.values()), None)
         out["t"] = torch.tensor(self.times, dtype=torch.float64 if ref is None else ref.dtype)
@@ -192,7 +239,12 @@ class Simulation:
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The records as numpy: "t" (T,) float64, "step" (T,) int64, every observable (T, B, ...)."""
+        """The records as numpy: "t" (T,) float64, "step" (T,) int64, every observable (T, B, ...).
+        With a store attached this reads the records on disk into memory (for large runs the runner
+        streams them into arrays.npz instead)."""
+        if self.store is not None and self.n_flushed:
+            self.flush()
+            return {k: self.store.read(k) for k in self.store.names}
         out = {"t": np.asarray(self.times, dtype=np.float64), "step": np.asarray(self.steps, dtype=np.int64)}
         for k in (self.saved[0] if self.saved else ()):
             out[k] = torch.stack([r[k] for r in self.saved]).cpu().numpy()
@@ -200,21 +252,29 @@ class Simulation:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The checkpoint payload (CPU tensors): state, reference state, scheme caches, observer memory, records."""
+        """The checkpoint payload (CPU tensors): state, reference state, scheme caches, observer memory,
+        records (with a store: none, but "records_on_disk", the number of save points on disk, all
+        of them: the points in memory are flushed first)."""
         G0 = self.observer.state_dict()["G0"]
         cpu = lambda x: None if x is None else (x.cpu() if isinstance(x, torch.Tensor) else [w.cpu() for w in x])  # noqa: E731
-        return {
+        if self.store is not None:
+            self.flush()
+        out = {
             # Pickled in the same payload as the state: see Scheme.cache_state.
             "scheme_private": self.scheme.cache_state(),
             "state": _cpu_state(self.state),
             "reference": _cpu_state(self.ref_state),
             "G0": cpu(G0),
-            "records": {k: torch.stack([r[k] for r in self.saved]).cpu() for k in self.saved[0]},
+            "records": {k: torch.stack([r[k] for r in self.saved]).cpu() for k in self.saved[0]} if self.saved else {},
             "times": list(self.times),
             "steps": list(self.steps),
             "t0": self.t0,
             "step0": self.step0,
         }
+        if self.store is not None:
+            out["records"] = {}
+            out["records_on_disk"] = self.n_flushed
+        return out
 
     def load_state_dict(self, ck: dict, device) -> None:
         # One shared memo: a tensor that the state and a scheme cache both hold stays one object.
@@ -228,9 +288,21 @@ class Simulation:
         self.scheme.load_cache_state(tree(ck.get("scheme_private") or {}))
         # the observer measures balancedness drift against the initial G_p; restore it
         self.observer.load_state_dict({"G0": tree(ck["G0"])})
-        records = tree(ck["records"])
-        self.saved = [{k: v[i] for k, v in records.items()} for i in range(len(ck["times"]))]
         self.times, self.steps = list(ck["times"]), list(ck["steps"])
+        if "records_on_disk" in ck:  # the records are the store's first records_on_disk save points
+            n = int(ck["records_on_disk"])
+            if self.store is None:
+                raise ValueError("the checkpoint's records are on disk (records/): attach the record store first")
+            if n != len(self.times):
+                raise ValueError(f"the checkpoint has {len(self.times)} save times but {n} records on disk")
+            self.store.truncate(n)  # drop what was written after the checkpoint
+            self.saved, self.n_flushed = [], n
+            self.last = None
+        else:
+            records = tree(ck["records"])
+            self.saved = [{k: v[i] for k, v in records.items()} for i in range(len(ck["times"]))]
+            self.n_flushed = 0
+            self.last = self.saved[-1] if self.saved else None
         self.t0, self.step0 = float(ck.get("t0", 0.0)), int(ck.get("step0", 0))
 
 

@@ -5,7 +5,7 @@ moved into a function to dodge a cycle still counts. Layers (docs/architecture.m
 a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle, safe_io, safe_paths, runlock, resources,
-                   _guard, _children
+                   _guard, _children, record_store
     1 kernels      spectral, stats, small_svd
     2 mathematics  geometry, entropy, network, theory, gibbs, manifold, reference, depth_limit, fields,
                    field_network, field_geometry, entropy_fields (the DLN over R, C, H)
@@ -14,7 +14,7 @@ a module may import its own layer or lower ones only:
     5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts), field_observe
     6 run inputs   config, results, builders, field_runs
     7 run outputs  plotting.*, runner, bias_check
-    8 sweeps       sweep.*, sweep_plots
+    8 sweeps       sweep.*, sweep_plots, loaders (load_run, load_sweep)
     9 interface    cli, __main__, the package itself (dlnsim/__init__.py)
 
 A new module must be placed in a layer here: the test fails on a module it does not know.
@@ -30,7 +30,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle", "safe_io", "safe_paths", "runlock", "resources",
-     "_guard", "_children"],
+     "_guard", "_children", "record_store"],
     ["spectral", "stats", "small_svd"],
     ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "reference", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields"],
@@ -39,7 +39,7 @@ LAYERS = [
     ["observe", "simulation", "run_theory", "problems", "field_observe"],
     ["config", "results", "builders", "field_runs"],
     ["plotting", "runner", "bias_check"],
-    ["sweep", "sweep_plots"],
+    ["sweep", "sweep_plots", "loaders"],
     ["cli", "__main__", "__init__"],
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
