@@ -116,7 +116,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                     Matrix(words=("aligned", "gaussian"), nullable=True)),
         "file": O(None, "init: file: .pt (list of tensors W_1..W_N) or .npz (W1..WN), each (d_p, d_{p-1}) or (B, d_p, d_{p-1})",
                   Str(nullable=True)),
-        "field": O("real", "number system of the weights: real | complex | quaternion (docs/theory_complex.md; complex/quaternion: "
+        "field": O("real", "number system of the weights: real | complex | quaternion (docs/theory.md §13; complex/quaternion: "
                    "square widths, init balanced|gaussian, matrix_regression, gradient_descent|gradient_flow|end_to_end_flow|free_energy_flow)",
                    Choice(FIELD_NAMES)),
     },

@@ -1,7 +1,7 @@
 """Entropy of the deep linear network over F = R, C, H (beta = 1, 2, 4): closed form and measured.
 
 Closed form (the real case is Menon & Yu's Theorem 4; the unified statement is Contreras, Nahas
-& Kotwal, arXiv 2606.16579; derivation and checks in docs/theory_complex.md):
+& Kotwal, arXiv 2606.16579; derivation and checks in docs/theory.md §13):
 
     S_beta(X) = (N-1) log c_{d,beta} + (beta/2) sum_{i<j} log K_ij(s) + ((beta-1)/2) sum_i log K_ii(s),
     K_ij = (s_i^2 - s_j^2)/(s_i^{2/N} - s_j^{2/N}),  K_ii = N s_i^{2(N-1)/N}   (`dlnsim.spectral`),

@@ -1,6 +1,6 @@
 """Runs over C and H (network.field: complex | quaternion): the config rules and the objects of a run.
 
-`network.field` chooses the number system of the weights (docs/theory_complex.md). The real field is
+`network.field` chooses the number system of the weights (docs/theory.md). The real field is
 the rest of dlnsim, untouched. For complex and quaternion networks, `dlnsim.builders` asks this
 module for the energy, the initial weights, the scheme and the observer, and `dlnsim.config` asks it
 for the rules (`check_config`). What is supported, as data:

@@ -1,4 +1,4 @@
-"""Balancing flows on the fibers of phi (docs/theory_depth_balancing.md, part 2).
+"""Balancing flows on the fibers of phi (docs/theory.md §14, part 2).
 
 Independent references: the dense matrix of the orbit map J (built column by column) and a
 least-squares projection for the fiber projection; the closed-form entropy S(X) for the orbit volume

@@ -1,4 +1,4 @@
-"""The infinite-depth limit (docs/theory_depth_balancing.md, part 1): log-mean kernel, A_inf, the
+"""The infinite-depth limit (docs/theory.md §14, part 1): log-mean kernel, A_inf, the
 renormalized entropy, the depth-inf drifts and schemes, and the convergence of finite N to them.
 
 Independent references: mpmath (50 digits) for the kernel; Gauss-Legendre quadrature of

@@ -3,7 +3,7 @@
 infinite_depth: variants of end-to-end schemes (end_to_end_flow, free_energy_flow) at several depths
 N and at network.depth: inf, all with time_scale: depth; trajectories of the singular values per
 scheme, and the distance sup_t ||X_N(t) - X_inf(t)|| / sup_t ||X_inf(t)|| against N (needs X in
-observers.include) with the derived rate 1/N (docs/theory_depth_balancing.md, 1.1-1.4).
+observers.include) with the derived rate 1/N (docs/theory.md §14, 1.1-1.4).
 balancing: variants of balancing_flow (metric induced or group) and weight_decay_descent from one
 unbalanced start; ||G(t)|| with the laws that apply to each variant (e^{-2t} exact for the induced
 flow; the linearized rate 4 s_min^{2/N}(1 - cos(pi/N)) of the group flow, late times; e^{-2 lam t}
