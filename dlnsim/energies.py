@@ -99,6 +99,8 @@ class LinearRegression(Energy):
                 f"inputs (d_in, n) and outputs (d_out, n) need the same number of samples n, got {A.shape[-1]} and {Y.shape[-1]}"
             )
         n = A.shape[-1]
+        # The samples themselves, for minibatch SGD (dlnsim.dynamics.sgd); full-batch steps use the statistics.
+        self.inputs, self.outputs = A, Y
         self.sigma = A @ A.mT / n
         self.cross = Y @ A.mT / n
         self.const = _sq(Y) / (2 * n)
@@ -115,7 +117,11 @@ class LinearRegression(Energy):
 
 
 class MatrixCompletion(Energy):
-    """E(X) = 1/2 ||mask o (X - Phi)||_F^2, grad = mask o (X - Phi) (mask of 0/1 or weights)."""
+    """E(X) = 1/2 ||mask o (X - Phi)||_F^2, grad = mask o (X - Phi) (mask of 0/1 or weights).
+
+    target, mask: (d_out, d_in) or (B, d_out, d_in) each; a batched mask is one mask per trajectory
+    (random masks: `dlnsim.problems.random_mask(..., batch=B)`), and its B must be the ensemble's.
+    """
 
     def __init__(self, target, mask):
         self.target = _as_matrix(target, "target")
@@ -127,6 +133,22 @@ class MatrixCompletion(Energy):
     def value_and_grad(self, X):
         R = self.mask * (X - self.target)
         return 0.5 * _sq(R), R
+
+    @property
+    def batch_size(self) -> int | None:
+        """B of a batched target or mask (one per trajectory), None when both are shared by the ensemble."""
+        dims = [t.shape[0] for t in (self.target, self.mask) if t.dim() == 3]
+        return max(dims) if dims else None
+
+    def check_batch(self, B: int) -> None:
+        """Raise unless a batched target/mask has one entry per trajectory of an ensemble of B."""
+        b = self.batch_size
+        if b is not None and b not in (1, B):
+            raise ValueError(f"the completion mask/target has a batch of {b} (one per trajectory) but the ensemble has B = {B}; draw one mask per trajectory or one for all")
+
+    def observed_count(self) -> torch.Tensor:
+        """sum of mask entries: (B,) for a batched mask, () otherwise."""
+        return self.mask.sum(dim=(-2, -1))
 
     def grad(self, X):
         return self.mask * (X - self.target)
