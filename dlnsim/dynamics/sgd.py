@@ -149,7 +149,9 @@ class CompletionSampler:
                 shape = (B,) + tuple(self.energy.target.shape[-2:])
                 noise = torch.randn(shape, generator=generator, dtype=ref.dtype, device=ref.device)
             return Minibatch(None, noise)
-        w = self._weights.to(ref.device)
+        w = self._weights
+        if w.device != ref.device:  # copied to the accelerator once, not at every step
+            w = self._weights = w.to(ref.device)
         w = w.expand(B, -1) if w.dim() == 1 or w.shape[0] == 1 else w
         idx = torch.multinomial(w.reshape(B, -1), self.batch_size, self.replacement, generator=generator)
         noise = None
@@ -171,7 +173,9 @@ class CompletionSampler:
         if mb.noise is not None:
             vals = vals - self.label_noise * mb.noise
         G = torch.zeros_like(R).scatter_add_(1, mb.idx, vals)
-        scale = (self._total.to(X.dtype) / self.batch_size).reshape(-1, 1)
+        if self._total.device != X.device or self._total.dtype != X.dtype:  # once per run, not per step
+            self._total = self._total.to(device=X.device, dtype=X.dtype)
+        scale = (self._total / self.batch_size).reshape(-1, 1)
         return (scale * G).reshape(B, *shape)
 
     def population(self, X: torch.Tensor, trajectory: int = 0):
