@@ -2,6 +2,7 @@
 
     python scripts/implicit_regularization.py razin-cohen [--out results/showcase]
     python scripts/implicit_regularization.py arora [--size 30 --rank 2 --seeds 2]
+    python scripts/implicit_regularization.py noise
 
 razin-cohen: Razin & Cohen (NeurIPS 2020, arXiv 2005.06398), 2 x 2 completion with w12 = w21 = 1,
     w22 = 0 observed, depth 3, balanced start X(0) = alpha I (det > 0), gradient flow (adaptive DOPRI5):
@@ -12,6 +13,10 @@ arora: Arora, Cohen, Hu & Luo (NeurIPS 2019, arXiv 1905.13655), reconstruction e
     small Gaussian init, one random mask per trajectory: the whole sweep is one ensemble per depth)
     and the minimum nuclear norm solution (ADMM, dlnsim.baselines). Their setting is 100 x 100, rank 5,
     init std 1e-3; the default here is smaller for the 2-core CI machine (stated on the figure).
+
+noise: gradient descent, minibatch SGD, label-noise SGD and the RLE at the label-noise SGD's
+    effective temperature on one small completion problem: balancedness, effective rank, entropy
+    S(X) and test error over time (issue 12, section 3).
 
 Prints a table of the headline numbers and the wall time, and writes the figure to --out.
 """
@@ -143,9 +148,93 @@ def arora(out: Path, size: int = 30, rank: int = 2, seeds: int = 2, counts=None,
             "admm_converged": nn.converged}
 
 
+def noise_comparison(out: Path, d: int = 6, rank: int = 1, depth: int = 3, fraction: float = 0.6, h: float = 0.05,
+                     steps: int = 20000, batch: int = 3, label_noise: float = 0.3, B: int = 8, saves: int = 100,
+                     alpha: float = 1e-3, init_scale: float = 1e-3) -> dict:
+    """GD, minibatch SGD, label-noise SGD and the RLE at the label-noise SGD's effective temperature.
+
+    E = 1/2 ||M o (X - Phi)||^2 + alpha/2 ||X||^2 for every scheme: without the weak confinement alpha the
+    Gibbs law exp(-beta E + S) of the RLE is not normalizable (E is flat along unobserved entries) and the
+    RLE wanders off to |X| -> infinity (observed: Euler-Maruyama overflowed after ~6000 steps)."""
+    from dlnsim.energies import WeightDecay
+    from dlnsim.dynamics import SGD, RiemannianLangevin
+    from dlnsim.entropy import entropy_from_singular_values
+    from dlnsim.gradient_noise import noise_summary
+
+    prob_truth = low_rank_target((d, d), rank, "ones", seed=0)
+    seed = 1  # the first mask seed that observes >= rank + 1 entries in every row and column (else unrecoverable)
+    while True:
+        mask = random_mask((d, d), fraction=fraction, seed=seed)
+        if min(float(mask.sum(0).min()), float(mask.sum(1).min())) >= rank + 1:
+            break
+        seed += 1
+    E = MatrixCompletion(prob_truth * mask, mask) + WeightDecay(alpha)
+    net = DeepLinearNetwork([d] * (depth + 1), batch=B, init="balanced", scale=init_scale, generator=torch.Generator().manual_seed(2))
+    ws0 = [W.detach() for W in net.weights]
+    # effective temperature of label-noise SGD where it lives: at the GD solution (trajectory 0)
+    gd = GradientDescent(E, h, depth)
+    st = gd.init_state(ws0)
+    for _ in range(steps):
+        st = gd.step(st)
+    ln = SGD(E, h, depth, label_noise=label_noise)
+    summ = noise_summary([W[0] for W in st.weights], ln.sampler, step_size=h)
+    beta = summ["beta_eff"]
+    schemes = {
+        "gradient descent": GradientDescent(E, h, depth),
+        f"minibatch SGD (b={batch})": SGD(E, h, depth, batch_size=batch, generator=torch.Generator().manual_seed(3)),
+        f"label-noise SGD (sigma={label_noise})": SGD(E, h, depth, label_noise=label_noise, generator=torch.Generator().manual_seed(4)),
+        f"RLE (beta_eff={beta:.3g})": RiemannianLangevin(E, h, depth, beta, generator=torch.Generator().manual_seed(5)),
+    }
+    every = steps // saves
+    rec = {}
+    t0 = time.perf_counter()
+    for name, sch in schemes.items():
+        st = sch.init_state(ws0)
+        rows = []
+        for k in range(steps + 1):
+            if k:
+                st = sch.step(st)
+            if k % every == 0:
+                X = st.end_to_end()
+                s = torch.linalg.svdvals(X)
+                S = entropy_from_singular_values(s, depth)
+                bal = float("nan")
+                if st.weights is not None:
+                    bal = max(float(torch.linalg.matrix_norm(st.weights[p].mT @ st.weights[p] - st.weights[p - 1] @ st.weights[p - 1].mT).mean())
+                              for p in range(1, depth))
+                rows.append((st.t, bal, float(effective_rank(X).mean()), float(S.median()),
+                             float(completion_errors(X, prob_truth, mask)["test_error_rel"].mean()), float(E.value(X).mean())))
+        rec[name] = torch.tensor(rows, dtype=DTYPE)
+    wall = time.perf_counter() - t0
+
+    fig, ax = plt.subplots(1, 4, figsize=(17, 4.2))
+    titles = ("balancedness ||G_p||_F (mean; RLE lives on M: 0)", "effective rank (mean)", "entropy S(X) (median)",
+              "test error on unobserved entries (rel., mean)")
+    for name, r in rec.items():
+        for i in range(4):
+            lo = 1 if i == 0 else 0  # G_p(0) = 0 exactly: no point on a log axis
+            ax[i].plot(r[lo:, 0], r[lo:, i + 1], label=name)
+    for i, ti in enumerate(titles):
+        ax[i].set_title(ti, fontsize=9)
+        ax[i].set_xlabel("t")
+    ax[0].set_yscale("log")
+    ax[3].set_yscale("log")
+    ax[0].legend(fontsize=8)
+    fig.suptitle(
+        f"{d}x{d} rank-{rank} completion + {alpha:g}/2 ||X||^2, {int(mask.sum())} of {d * d} entries observed, depth {depth}, balanced init X(0) = {init_scale:g} U V^T, "
+        f"B = {B} per scheme, h = {h}\nRLE at the inverse temperature matched to label-noise SGD at the GD solution, "
+        f"1/beta = h tr C / (2 d^2) (dlnsim.gradient_noise); SGD noise is horizontal, so it moves G_p at order h^2 only. "
+        "No closed form applies.", fontsize=9)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "sgd_noise_comparison.png", dpi=110)
+    plt.close(fig)
+    return {"beta_eff": beta, "mask_seed": seed, "summary": summ, "final": {k: r[-1].tolist() for k, r in rec.items()}, "wall_s": wall}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("razin-cohen", "arora"))
+    ap.add_argument("what", choices=("razin-cohen", "arora", "noise"))
     ap.add_argument("--out", default="results/showcase")
     ap.add_argument("--size", type=int, default=30)
     ap.add_argument("--rank", type=int, default=2)
@@ -160,6 +249,13 @@ def main(argv=None):
         r = razin_cohen(out, t_end=a.t_end)
         print("t      |w11|     loss       erank-1    nuclear   det       wall_s")
         print(f"{r['t']:<6g} {r['w11']:<9.4g} {r['loss']:<10.3g} {r['erank'] - 1:<10.3g} {r['nuclear']:<9.4g} {r['det']:<9.3g} {r['wall_s']:.1f}")
+    elif a.what == "noise":
+        r = noise_comparison(out)
+        print(f"mask seed {r['mask_seed']}; beta_eff = {r['beta_eff']:.4g} (noise trace {r['summary']['trace']:.3g}, vertical fraction {r['summary']['vertical_fraction']:.1e})")
+        print(f"{'scheme':<32} {'t':>6} {'||G||':>9} {'erank':>7} {'S':>8} {'test':>9} {'loss':>9}")
+        for k, v in r["final"].items():
+            print(f"{k:<32} {v[0]:6g} {v[1]:9.2e} {v[2]:7.3f} {v[3]:8.3f} {v[4]:9.2e} {v[5]:9.2e}")
+        print(f"wall {r['wall_s']:.1f} s")
     else:
         r = arora(out, size=a.size, rank=a.rank, seeds=a.seeds, steps=a.steps, std=a.std)
         print("observed  " + "  ".join(f"{k:>16}" for k in r["results"]))

@@ -183,3 +183,23 @@ def test_resume_from_checkpoint_is_bit_identical():
     for _ in range(3):
         sb = b.step(sb)
     assert all(torch.equal(x, y) for x, y in zip(st.weights, sb.weights)) and st.t == sb.t
+
+
+def test_sum_with_deterministic_regularizer():
+    # E = completion + alpha/2 ||X||^2: the regularizer's gradient is added in full, the noise is unchanged
+    from dlnsim.energies import WeightDecay
+    from dlnsim.gradient_noise import noise_factor
+
+    Ec, R = _completion(), WeightDecay(0.3)
+    ws = _weights([3, 3, 4], 3, 5)
+    a = SGD(Ec + R, 0.05, 2, batch_size=3, generator=torch.Generator().manual_seed(1))
+    b = SGD(Ec, 0.05, 2, batch_size=3, generator=torch.Generator().manual_seed(1))
+    X = end_to_end(ws)
+    mb = a.sampler.draw(3, torch.Generator().manual_seed(0), X)
+    assert torch.allclose(a.sampler.grad(X, mb), b.sampler.grad(X, mb) + 0.3 * X, atol=1e-15)
+    w0 = [W[0] for W in ws]
+    ga, Fa = noise_factor(w0, a.sampler)
+    gb, Fb = noise_factor(w0, b.sampler)
+    assert torch.allclose(Fa, Fb, atol=1e-14) and not torch.allclose(ga, gb)
+    with pytest.raises(ValueError, match="exactly one term"):
+        SGD(R + R, 0.05, 2)

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..energies import Energy, LinearRegression, MatrixCompletion
+from ..energies import Energy, LinearRegression, MatrixCompletion, SumEnergy
 from ..network import gradient_from_end_to_end, prefix_products
 from .base import Scheme, State
 
@@ -263,8 +263,42 @@ class RegressionSampler:
         return h, p, J, b, replacement
 
 
+class _PlusDeterministic:
+    """A sampler for E = E_sampled + E_rest: the minibatch estimate of grad E_sampled plus the exact
+    grad E_rest (a regularizer such as WeightDecay on X): same noise, shifted mean."""
+
+    def __init__(self, inner, rest: list[Energy], energy: Energy):
+        self.inner, self.rest, self.energy = inner, rest, energy
+        self.label_noise, self.batch_size, self.replacement = inner.label_noise, inner.batch_size, inner.replacement
+
+    def draw(self, B, generator, ref):
+        return self.inner.draw(B, generator, ref)
+
+    def grad(self, X, mb):
+        return self.inner.grad(X, mb) + sum(t.grad(X) for t in self.rest)
+
+    def population(self, X, trajectory: int = 0):
+        h, p, J, b, replacement = self.inner.population(X, trajectory)
+        return h + sum(t.grad(X) for t in self.rest), p, J, b, replacement
+
+    def check_batch(self, B: int) -> None:
+        check = getattr(self.inner.energy, "check_batch", None)
+        if check is not None:
+            check(B)
+
+
 def make_sampler(energy: Energy, batch_size: int | None, replacement: bool = True, label_noise: float = 0.0):
-    """The minibatch sampler for an energy with samples: MatrixCompletion (entries) or LinearRegression (columns)."""
+    """The minibatch sampler for an energy with samples: MatrixCompletion (entries) or LinearRegression
+    (columns), or a SumEnergy of exactly one of those and deterministic terms (taken in full)."""
+    if isinstance(energy, SumEnergy):
+        sampled = [t for t in energy.terms if isinstance(t, (MatrixCompletion, LinearRegression))]
+        if len(sampled) != 1:
+            raise ValueError(
+                f"minibatch SGD on a sum of energies needs exactly one term made of samples (matrix_completion or "
+                f"linear_regression), got {len(sampled)}"
+            )
+        rest = [t for t in energy.terms if t is not sampled[0]]
+        return _PlusDeterministic(make_sampler(sampled[0], batch_size, replacement, label_noise), rest, energy)
     if isinstance(energy, MatrixCompletion):
         return CompletionSampler(energy, batch_size, replacement, label_noise)
     if isinstance(energy, LinearRegression):
@@ -280,7 +314,8 @@ class SGD(Scheme):
 
     SGD(energy, step_size, depth, *, batch_size=None, replacement=True, label_noise=0.0,
         weight_decay=0.0, momentum=0.0, schedule=None, generator=None)
-    energy: MatrixCompletion or LinearRegression (what is sampled). batch_size=None with no label
+    energy: MatrixCompletion or LinearRegression (what is sampled), or their SumEnergy with
+    deterministic terms (e.g. + WeightDecay on X: gradient taken in full). batch_size=None with no label
     noise is full-batch gradient descent (plus weight decay / momentum / schedule). Any widths.
     The momentum buffer v (one per layer, (B, d_p, d_{p-1})) starts at 0 at init_state and is part
     of the scheme's checkpointed cache.
@@ -311,7 +346,7 @@ class SGD(Scheme):
     def init_state(self, weights=None, X=None) -> State:
         state = super().init_state(weights=weights, X=X)
         W0 = state.weights[0]
-        check_batch = getattr(self.energy, "check_batch", None)
+        check_batch = getattr(self.sampler, "check_batch", None) or getattr(self.energy, "check_batch", None)
         if check_batch is not None:
             check_batch(W0.shape[0])
         if self._own_generator and self.generator.device != W0.device:
