@@ -5,7 +5,7 @@ Theory functions (pure, batched, usable in a notebook) are exported here:
     entropy, log_orthogonal_volume, orbit_log_volume, balanced_weights, saxe_mode, ...
 Stationary law and statistics: SingularValueLaw, gibbs_log_density, ks_test, zscore.
 Simulation: DeepLinearNetwork, energies, the schemes of dlnsim.dynamics, Simulation / simulate;
-implicit regularization: dlnsim.problems, dlnsim.metrics, dlnsim.baselines, dlnsim.gradient_noise, SGD;
+implicit regularization: dlnsim.tasks, dlnsim.metrics, dlnsim.baselines, dlnsim.gradient_noise, SGD;
 runs from YAML: dlnsim.config, dlnsim.runner, the `dlnsim` command (dlnsim.cli).
 """
 __version__ = "0.1.0"
@@ -64,4 +64,4 @@ from .manifold import (  # noqa: F401
 )
 from .gibbs import SingularValueLaw, gibbs_log_density, singular_value_log_density  # noqa: F401
 from .stats import independent_chain_stderr, ks_test, zscore  # noqa: F401
-from . import baselines, gradient_noise, metrics, problems  # noqa: F401  (implicit-regularization studies)
+from . import baselines, gradient_noise, metrics, tasks  # noqa: F401  (implicit-regularization studies)

@@ -120,7 +120,7 @@ class MatrixCompletion(Energy):
     """E(X) = 1/2 ||mask o (X - Phi)||_F^2, grad = mask o (X - Phi) (mask of 0/1 or weights).
 
     target, mask: (d_out, d_in) or (B, d_out, d_in) each; a batched mask is one mask per trajectory
-    (random masks: `dlnsim.problems.random_mask(..., batch=B)`), and its B must be the ensemble's.
+    (random masks: `dlnsim.tasks.random_mask(..., batch=B)`), and its B must be the ensemble's.
     """
 
     def __init__(self, target, mask):

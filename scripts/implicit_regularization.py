@@ -48,7 +48,7 @@ from dlnsim.metrics import (  # noqa: E402
     spectral_norm,
 )
 from dlnsim.network import DeepLinearNetwork, balanced_weights  # noqa: E402
-from dlnsim.problems import low_rank_target, random_mask  # noqa: E402
+from dlnsim.tasks import low_rank_target, random_mask  # noqa: E402
 
 DTYPE = torch.float64
 
@@ -242,7 +242,7 @@ def varre(out: Path, d: int = 5, hidden: int = 10, teacher_rank: int = 2, n: int
     """Varre, Sagitova & Flammarion (NeurIPS 2024): in a wide two-layer linear regression, gradient descent
     keeps the rank of the layers it started with, label-noise SGD reduces it to the teacher's rank."""
     from dlnsim.dynamics import SGD
-    from dlnsim.problems import regression_problem
+    from dlnsim.tasks import regression_problem
 
     prob = regression_problem(d, d, n, 200, teacher_rank=teacher_rank, seed=0)
     E = prob.energy()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dlnsim.baselines import min_norm_least_squares, min_nuclear_norm_completion, singular_value_threshold
-from dlnsim.problems import low_rank_target, random_mask
+from dlnsim.tasks import low_rank_target, random_mask
 
 DTYPE = torch.float64
 

@@ -19,7 +19,7 @@ from dlnsim.gradient_noise import (
     unflatten_params,
 )
 from dlnsim.network import balanced_weights, end_to_end
-from dlnsim.problems import completion_problem, regression_problem
+from dlnsim.tasks import completion_problem, regression_problem
 
 DTYPE = torch.float64
 

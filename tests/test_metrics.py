@@ -15,7 +15,7 @@ from dlnsim.metrics import (
     singular_values,
     spectral_norm,
 )
-from dlnsim.problems import low_rank_target, random_mask
+from dlnsim.tasks import low_rank_target, random_mask
 
 DTYPE = torch.float64
 

@@ -8,7 +8,7 @@ from dlnsim.dynamics import GradientDescent
 from dlnsim.dynamics.sgd import SGD, LRSchedule, Minibatch
 from dlnsim.energies import LinearRegression, MatrixCompletion, MatrixRegression
 from dlnsim.network import DeepLinearNetwork, end_to_end
-from dlnsim.problems import completion_problem, regression_problem
+from dlnsim.tasks import completion_problem, regression_problem
 
 DTYPE = torch.float64
 

@@ -1,4 +1,4 @@
-"""Problems of implicit-regularization studies (dlnsim.problems) and the general-width inits (dlnsim.network)."""
+"""Tasks of implicit-regularization studies (dlnsim.tasks) and the general-width inits (dlnsim.network)."""
 import math
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 
 from dlnsim.energies import MatrixCompletion
 from dlnsim.network import DeepLinearNetwork, balanced_weights, balancedness, end_to_end
-from dlnsim.problems import (
+from dlnsim.tasks import (
     completion_problem,
     load_matrix,
     low_rank_target,

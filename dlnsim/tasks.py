@@ -1,4 +1,4 @@
-"""Problems of implicit-regularization studies: low-rank targets, observation masks, regression data.
+"""Tasks of implicit-regularization studies: low-rank targets, observation masks, regression data.
 
 - Low-rank target  Phi = U diag(s) V^T,  U (d_out, r), V (d_in, r) with Haar-distributed orthonormal
   columns and r = `rank` singular values s (a list, or a named profile), or the product of Gaussian
@@ -49,7 +49,7 @@ def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Gen
     if generator is not None:
         return generator
     if seed is None:
-        raise ValueError("give a seed (int) or a torch.Generator: problems are reproducible by construction")
+        raise ValueError("give a seed (int) or a torch.Generator: tasks are reproducible by construction")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     return torch.Generator().manual_seed(seed)
