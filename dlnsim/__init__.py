@@ -8,7 +8,7 @@ Simulation: DeepLinearNetwork, energies, the schemes of dlnsim.dynamics, Simulat
 implicit regularization: dlnsim.tasks, dlnsim.metrics, dlnsim.baselines, dlnsim.gradient_noise, SGD;
 runs from YAML: dlnsim.config, dlnsim.runner, the `dlnsim` command (dlnsim.cli).
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 from .energies import (  # noqa: F401
     CustomEnergy,
@@ -41,6 +41,7 @@ from .spectral import kernel, log_kernel  # noqa: F401
 from .theory import saxe_mode, saxe_time  # noqa: F401
 from .dynamics import (  # noqa: F401
     EndToEndFlow,
+    FreeEnergyFlow,
     GradientDescent,
     GradientFlow,
     MetropolisLangevin,

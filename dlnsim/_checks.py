@@ -61,3 +61,28 @@ def check_square_weights(weights, what: str, min_depth: int = 1) -> int:
                 f"{tuple(W.shape[-2:])} but W_1 has ({d}, {d})"
             )
     return d
+
+
+def check_beta(beta) -> None:
+    """An inverse temperature is a positive finite number or a (B,) tensor of them (one per trajectory)."""
+    b = torch.as_tensor(beta)
+    if b.dim() > 1 or not bool(torch.isfinite(b).all()) or bool((b <= 0).any()):
+        raise ValueError(f"beta must be positive and finite (a number or a (B,) tensor), got {beta!r}")
+
+
+def as_beta(beta, ref: torch.Tensor, cache: dict | None = None, trailing: int = 2) -> torch.Tensor:
+    """The one beta normaliser: beta on ref's dtype/device, a scalar, or (B,) followed by `trailing`
+    singleton dims ((B, 1, 1) by default, to broadcast against (B, d, d); trailing=0 gives (B,)).
+
+    cache: a dict kept by the caller (a scheme), so that the host-to-device copy happens once per
+    run rather than at every step (a blocking copy on an accelerator). Unchecked: call check_beta
+    once where beta enters.
+    """
+    key = (ref.dtype, ref.device, trailing)
+    if cache is not None and key in cache:
+        return cache[key]
+    b = torch.as_tensor(beta, dtype=ref.dtype, device=ref.device)
+    b = b.reshape((-1,) + (1,) * trailing) if b.dim() == 1 else b
+    if cache is not None:
+        cache[key] = b
+    return b

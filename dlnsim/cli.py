@@ -4,7 +4,7 @@
     dlnsim run --resume RUN_DIR [--quiet]
     dlnsim plot RUN_DIR [--format png pdf]
     dlnsim validate CONFIG [--set KEY=VALUE ...] [--print]
-    dlnsim sweep ...                      (dlnsim.sweep, when installed)
+    dlnsim sweep SWEEP [--out DIR] [--executor local|slurm|submitit-local] ...   (dlnsim.sweep)
 
 `python -m dlnsim` is the same. Exit codes: 0 completed; 2 a user error (bad config, missing file,
 malformed YAML; one line "dlnsim: error: ..." on stderr, no traceback); 3 the run diverged;
@@ -21,6 +21,13 @@ import os
 import sys
 
 import yaml
+
+from . import sweep
+from .builders import batch_size
+from .config import ConfigError, load_config, variant_configs
+from .lifecycle import Status
+from .results import ARRAYS, META, read_meta
+from .runner import resume, run
 
 __all__ = ["main", "build_parser"]
 
@@ -70,22 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--print", dest="print_config", action="store_true", help="print the fully resolved config")
 
     s = sub.add_parser("sweep", help="parameter sweeps (dlnsim.sweep)")
-    try:
-        from . import sweep as _sweep
-    except ImportError:
-        _sweep = None
-    if _sweep is not None and hasattr(_sweep, "add_arguments"):
-        _sweep.add_arguments(s)
-        s.set_defaults(_sweep_main=_sweep.main)
-    else:
-        s.add_argument("rest", nargs=argparse.REMAINDER)
-        s.set_defaults(_sweep_main=None)
+    sweep.add_arguments(s)
     return p
 
 
 def _cmd_run(args) -> int:
-    from .config import load_config
-    from .runner import resume, run
 
     if args.resume:
         if args.config or args.overrides or args.out:
@@ -100,26 +96,22 @@ def _cmd_run(args) -> int:
             overrides.append(("output.showcase", None))
         cfg = load_config(args.config, overrides)
         out = run(cfg, args.out, quiet=args.quiet)
-    if out.status in ("failed", "diverged") and out.message:
+    if out.status in (Status.FAILED, Status.DIVERGED) and out.message:
         print(f"dlnsim: error: {out.message} ({out.run_dir})", file=sys.stderr)
     return out.exit_code
 
 
 def _cmd_plot(args) -> int:
-    from .plotting import plot_path
-    from .results import ARRAYS, META
+    from .plotting import plot_path  # matplotlib loads only to draw
+    from .sweep.plots import plot_sweep
 
     d = args.run_dir
-    if os.path.isdir(d) and os.path.exists(os.path.join(d, "manifest.csv")):  # a sweep folder (dlnsim.sweep)
-        from .sweep_plots import plot_sweep
-
+    if os.path.isdir(d) and os.path.exists(os.path.join(d, sweep.spec.MANIFEST)):  # a sweep folder
         for p in plot_sweep(d, tuple(args.formats or ("png", "pdf"))):
             print(p)
         return 0
     if not os.path.isdir(d) or not os.path.exists(os.path.join(d, META)):
         return _error(f"{d}: not a dlnsim result folder (no meta.json)")
-    from .results import read_meta
-
     if not read_meta(d).get("study") and not os.path.exists(os.path.join(d, ARRAYS)):
         return _error(f"{d}: has no arrays.npz yet (the run wrote no data)")
     paths = plot_path(d, args.formats)
@@ -129,8 +121,6 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .config import load_config, variant_configs
-    from .runner import batch_size
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -146,16 +136,12 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    if args._sweep_main is None:
-        return _error("sweeps are not available: the module dlnsim.sweep is missing from this installation")
-    return int(args._sweep_main(args) or 0)
+    return int(sweep.main(args) or 0)
 
 
 def main(argv=None) -> int:
     """Entry point of the `dlnsim` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-
     handlers = {"run": _cmd_run, "plot": _cmd_plot, "validate": _cmd_validate, "sweep": _cmd_sweep}
     try:
         return handlers[args.command](args)

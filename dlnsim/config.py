@@ -15,22 +15,43 @@ them in sync). Conventions:
 - A config with `study.variants` is several runs of one base config, each with a few dotted
   overrides (e.g. one per depth); they share one result folder and a comparison figure.
 
-YAML 1.1 reads `1e-3` (no dot) as a string; numeric options accept such strings.
+The value checkers are dlnsim.options; the rules that tie keys together ask the registries
+(dlnsim.dynamics.SCHEMES, dlnsim.energies.ENERGIES, dlnsim.observe.OBSERVABLES) and the theory
+decisions of dlnsim.run_theory, never a list of names kept here.
 """
 from __future__ import annotations
 
 import copy
-import difflib
-import math
 import os
-import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+import torch
 import yaml
 
-from .dynamics.gradient import FLOW_METHODS
-from .observe import OBSERVABLES
+from .dynamics import SCHEMES as SCHEME_CLASSES
+from .energies import ENERGIES as ENERGY_CLASSES
+from .network import read_weight_file
+from .observe import ENTROPY_MEASURED_AUTO_MAX, OBSERVABLES
+from .options import (  # noqa: F401  (re-exported: the checkers were defined here before)
+    Bool,
+    Choice,
+    ConfigError,
+    Int,
+    Mapping,
+    Matrix,
+    NameList,
+    Num,
+    NumList,
+    Option,
+    PosInt,
+    Str,
+    Variants,
+    Widths,
+    did_you_mean as _did_you_mean,
+    fail as _fail,
+    show as _show,
+)
+from .run_theory import reference_flow_applies
 
 __all__ = [
     "ConfigError",
@@ -47,280 +68,12 @@ __all__ = [
     "parse_override",
 ]
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config: the message is one line naming the key path and the fix."""
-
-
-# Scheme names of dynamics.scheme (see dlnsim.runner.build_scheme for the classes).
-SCHEMES = (
-    "gradient_descent",
-    "gradient_flow",
-    "end_to_end_flow",
-    "free_energy_flow",
-    "langevin_projected",
-    "langevin_metropolis",
-    "langevin_unprojected",
-    "rle",
-)
-STOCHASTIC_SCHEMES = ("langevin_projected", "langevin_metropolis", "langevin_unprojected", "rle")
-END_TO_END_SCHEMES = ("end_to_end_flow", "free_energy_flow", "rle")
-FLOW_SCHEMES = ("gradient_flow", "end_to_end_flow", "free_energy_flow")
+# Names of dynamics.scheme and energy.type: the registries' keys (dlnsim.dynamics.SCHEMES, dlnsim.energies.ENERGIES).
+SCHEMES = tuple(SCHEME_CLASSES)
+STOCHASTIC_SCHEMES = tuple(k for k, c in SCHEME_CLASSES.items() if c.stochastic)
+ENERGIES = tuple(ENERGY_CLASSES)
 INITS = ("balanced", "gaussian", "orthogonal", "identity", "file")
-ENERGIES = ("matrix_regression", "linear_regression", "matrix_completion", "weight_decay")
 FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion")
-# Gram matrices of the measured entropy have (N-1) d(d-1)/2 rows; above this, "auto" skips them.
-ENTROPY_MEASURED_AUTO_MAX = 60
-
-
-def _fail(path: str, msg: str):
-    raise ConfigError(f"{path}: {msg}")
-
-
-def _show(v: Any) -> str:
-    s = repr(v) if isinstance(v, str) else str(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def _did_you_mean(word: str, options) -> str:
-    """'did you mean X?' by difflib similarity to the whole option or to its prefix of the same length
-    (so 'langevn' finds the langevin_* family); all options tied for the best score are offered."""
-    word, options = str(word), [str(o) for o in options]
-
-    def score(opt: str) -> float:
-        return max(difflib.SequenceMatcher(None, word, opt).ratio(),
-                   difflib.SequenceMatcher(None, word, opt[: len(word)]).ratio() - 0.05)
-
-    scores = {o: score(o) for o in options}
-    best = max(scores.values(), default=0.0)
-    if best < 0.6:
-        return "choose from " + ", ".join(options)
-    close = [o for o in options if scores[o] >= best - 1e-9]
-    if len(close) == 1:
-        return f"did you mean '{close[0]}'?"
-    return "did you mean one of " + ", ".join(f"'{o}'" for o in close) + "?"
-
-
-# ---------------------------------------------------------------------------------------------
-# Value checkers: check(value, path) -> normalised value, or ConfigError.
-# ---------------------------------------------------------------------------------------------
-
-_NUM_STR = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _as_number(v, path: str, hint: str = "") -> float:
-    if isinstance(v, str) and _NUM_STR.match(v.strip()):
-        v = float(v)  # YAML 1.1 reads 1e-3 as a string
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _fail(path, f"must be a number, got {_show(v)} ({type(v).__name__}){hint}")
-    if not math.isfinite(v):
-        _fail(path, f"must be a finite number, got {v}{hint}")
-    return float(v)
-
-
-def _as_int(v, path: str, hint: str = "") -> int:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int):
-        _fail(path, f"must be an integer, got {_show(v)} ({type(v).__name__}){hint}")
-    return v
-
-
-def _bound(v, path: str, gt=None, ge=None, hint: str = "", shown=None):
-    shown = v if shown is None else shown
-    if gt is not None and not v > gt:
-        _fail(path, f"must be > {gt}, got {_show(shown)}{hint}")
-    if ge is not None and not v >= ge:
-        _fail(path, f"must be >= {ge}, got {_show(shown)}{hint}")
-    return v
-
-
-def _h(hint: str) -> str:
-    return f" ({hint})" if hint else ""
-
-
-@dataclass(frozen=True)
-class Num:
-    gt: float | None = None
-    ge: float | None = None
-    nullable: bool = False
-    hint: str = ""
-
-    def __call__(self, v, path):
-        if v is None and self.nullable:
-            return None
-        return _bound(_as_number(v, path, _h(self.hint)), path, self.gt, self.ge, _h(self.hint), shown=v)
-
-
-@dataclass(frozen=True)
-class Int:
-    ge: int | None = None
-    nullable: bool = False
-    hint: str = ""
-
-    def __call__(self, v, path):
-        if v is None and self.nullable:
-            return None
-        return _bound(_as_int(v, path, _h(self.hint)), path, None, self.ge, _h(self.hint))
-
-
-@dataclass(frozen=True)
-class Bool:
-    def __call__(self, v, path):
-        if not isinstance(v, bool):
-            _fail(path, f"must be true or false, got {_show(v)}")
-        return v
-
-
-@dataclass(frozen=True)
-class Choice:
-    values: tuple
-    nullable: bool = False
-
-    def __call__(self, v, path):
-        if v is None and self.nullable:
-            return None
-        if isinstance(v, bool) and "true" in self.values:
-            v = "true" if v else "false"
-        if not isinstance(v, str) or v not in self.values:
-            _fail(path, f"unknown value {_show(v)}; {_did_you_mean(v, self.values)}")
-        return v
-
-
-@dataclass(frozen=True)
-class Str:
-    nullable: bool = False
-
-    def __call__(self, v, path):
-        if v is None and self.nullable:
-            return None
-        if not isinstance(v, str) or not v:
-            _fail(path, f"must be a non-empty string, got {_show(v)}")
-        return v
-
-
-@dataclass(frozen=True)
-class NumList:
-    """A number or a non-empty list of numbers (scalar_ok), or a list only."""
-
-    gt: float | None = None
-    ge: float | None = None
-    nullable: bool = False
-    scalar_ok: bool = False
-    hint: str = ""
-
-    def __call__(self, v, path):
-        if v is None and self.nullable:
-            return None
-        if self.scalar_ok and not isinstance(v, (list, tuple)):
-            return Num(self.gt, self.ge, hint=self.hint)(v, path)
-        if not isinstance(v, (list, tuple)) or len(v) == 0:
-            _fail(path, f"must be a non-empty list of numbers, got {_show(v)}{_h(self.hint)}")
-        return [Num(self.gt, self.ge, hint=self.hint)(x, f"{path}[{i}]") for i, x in enumerate(v)]
-
-
-@dataclass(frozen=True)
-class Matrix:
-    """A matrix as a list of equal-length lists of numbers, or one of `words`."""
-
-    words: tuple = ()
-    nullable: bool = False
-
-    def __call__(self, v, path):
-        if v is None and self.nullable:
-            return None
-        if isinstance(v, str):
-            if v in self.words:
-                return v
-            _fail(path, f"unknown value {_show(v)}; {_did_you_mean(v, self.words)} (or give a matrix as a list of rows)")
-        if not isinstance(v, (list, tuple)) or len(v) == 0 or not all(isinstance(r, (list, tuple)) for r in v):
-            words = " or one of " + ", ".join(self.words) if self.words else ""
-            _fail(path, f"must be a matrix given as a list of rows [[a, b], [c, d]]{words}, got {_show(v)}")
-        n = len(v[0])
-        if n == 0 or any(len(r) != n for r in v):
-            _fail(path, f"rows must be non-empty and of equal length, got row lengths {[len(r) for r in v]}")
-        return [[_as_number(x, f"{path}[{i}][{j}]") for j, x in enumerate(r)] for i, r in enumerate(v)]
-
-
-@dataclass(frozen=True)
-class Widths:
-    def __call__(self, v, path):
-        if v is None:
-            return None
-        if not isinstance(v, (list, tuple)) or len(v) < 2:
-            _fail(path, f"must be a list [d_0, ..., d_N] of at least two positive integers, got {_show(v)}")
-        return [_bound(_as_int(w, f"{path}[{i}]"), f"{path}[{i}]", ge=1) for i, w in enumerate(v)]
-
-
-@dataclass(frozen=True)
-class PosInt:
-    def __call__(self, v, path):
-        if v is None:
-            return None
-        return _bound(_as_int(v, path), path, ge=1)
-
-
-@dataclass(frozen=True)
-class Mapping:
-    def __call__(self, v, path):
-        if v is None:
-            return {}
-        if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-            _fail(path, f"must be a mapping of option names to values, got {_show(v)}")
-        return dict(v)
-
-
-@dataclass(frozen=True)
-class NameList:
-    values: tuple
-    nullable: bool = True
-
-    def __call__(self, v, path):
-        if v is None and self.nullable:
-            return None
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, (list, tuple)) or len(v) == 0:
-            _fail(path, f"must be a list of names from {', '.join(self.values)}, got {_show(v)}")
-        for i, x in enumerate(v):
-            Choice(self.values)(x, f"{path}[{i}]")
-        return list(v)
-
-
-@dataclass(frozen=True)
-class Variants:
-    def __call__(self, v, path):
-        if v is None:
-            return []
-        if not isinstance(v, (list, tuple)):
-            _fail(path, f"must be a list of {{label: ..., set: {{dotted.key: value}}}}, got {_show(v)}")
-        out, labels = [], set()
-        for i, item in enumerate(v):
-            p = f"{path}[{i}]"
-            if not isinstance(item, dict):
-                _fail(p, f"must be a mapping {{label: ..., set: {{dotted.key: value}}}}, got {_show(item)}")
-            for k in item:
-                if k not in ("label", "set"):
-                    _fail(f"{p}.{k}", f"unknown key; {_did_you_mean(k, ('label', 'set'))}")
-            label = Str()(item.get("label"), f"{p}.label")
-            if not re.fullmatch(r"[A-Za-z0-9_.=+\-]+", label):
-                _fail(f"{p}.label", f"use letters, digits and _.=+- only (it names a folder), got {label!r}")
-            if label in labels:
-                _fail(f"{p}.label", f"duplicate label {label!r}; labels must be unique")
-            labels.add(label)
-            sets = Mapping()(item.get("set"), f"{p}.set")
-            for k in sets:
-                if k.split(".")[0] == "study":
-                    _fail(f"{p}.set.{k}", "a variant cannot change the study section")
-            out.append({"label": label, "set": sets})
-        return out
-
-
-@dataclass(frozen=True)
-class Option:
-    default: Any
-    doc: str
-    check: Callable[[Any, str], Any]
 
 
 O = Option
@@ -367,14 +120,14 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "seed": O(0, "seed of the torch.Generator used for the initialisation and all noise", Int(ge=0)),
         "time_scale": O("none", "none (A as written) | depth (A/N, the Cohen-Menon-Veraszto normalisation; end-to-end schemes only)",
                         Choice(("none", "depth"))),
-        "theory": O("auto", "integrate the end-to-end flow alongside (reference_* arrays): auto (deterministic parameter schemes, square widths) | true | false",
+        "theory": O("auto", "integrate the end-to-end flow alongside deterministic parameter schemes with square widths (reference_* arrays): auto (only when a figure or observers.include uses it) | true | false",
                     Choice(("auto", "true", "false"))),
         "options": O({}, "extra keyword options of the scheme class: Langevin safeguards; for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step)", Mapping()),
     },
     "observers": {
         "every": O(None, "save every k steps (null: about 200 save points)", Int(ge=1, nullable=True)),
         "include": O(None, "observables to record (null: all that apply, except X; loss is always recorded): " + ", ".join(OBSERVABLES),
-                     NameList(OBSERVABLES)),
+                     NameList(tuple(OBSERVABLES))),
         "entropy_measured": O("auto", f"record S_measured (Gram determinant): auto (when (N-1)d(d-1)/2 <= {ENTROPY_MEASURED_AUTO_MAX}) | true | false; overrides include",
                               Choice(("auto", "true", "false"))),
     },
@@ -553,9 +306,19 @@ def variant_configs(cfg: dict) -> list[tuple[str, dict]]:
 
 
 def _resolve(c: dict) -> None:
-    net, en, dyn, obs, dev = c["network"], c["energy"], c["dynamics"], c["observers"], c["device"]
+    """Resolve derived values in place (widths, steps, save interval, options) and apply the rules
+    that tie keys together; each section's rules are one function, asking the registries."""
+    _resolve_network(c["network"], c["energy"])
+    _energy_rules(c["energy"], c["network"]["widths"])
+    _resolve_dynamics(c)
+    _resolve_observers(c)
+    if c["device"]["device"] == "cuda":
+        if not torch.cuda.is_available():
+            _fail("device.device", "cuda was requested but no CUDA device is available; use cpu or auto")
 
-    # --- network shape -------------------------------------------------------------------
+
+def _widths(net: dict) -> list[int]:
+    """network.widths from widths, depth/width, or the weight file, checked against each other."""
     file_widths = None
     if net["init"] == "file":
         if net["file"] is None:
@@ -574,11 +337,14 @@ def _resolve(c: dict) -> None:
         _fail("network.depth", f"is {net['depth']} but network.widths {widths} has depth {len(widths) - 1}; give only one")
     if net["width"] is not None and any(w != net["width"] for w in widths):
         _fail("network.width", f"is {net['width']} but network.widths is {widths}; give only one")
-    N = len(widths) - 1
+    return widths
+
+
+def _resolve_network(net: dict, en: dict) -> None:
+    widths = _widths(net)
     square = all(w == widths[0] for w in widths)
     d_in, d_out = widths[0], widths[-1]
-    r = min(d_in, d_out)
-    net["widths"], net["depth"] = widths, N
+    net["widths"], net["depth"] = widths, len(widths) - 1
     net["width"] = widths[0] if square else None
     if net["init"] == "balanced" and not square:
         _fail("network.init", f"'balanced' needs equal widths (the balanced manifold is for square width), got widths {widths}; use gaussian or orthogonal")
@@ -593,10 +359,14 @@ def _resolve(c: dict) -> None:
             _fail("network.target", f"only applies to init: balanced (init is {net['init']!r})")
         if isinstance(tgt, list) and (len(tgt), len(tgt[0])) != (d_out, d_in):
             _fail("network.target", f"X(0) must be {d_out}x{d_in} for widths {widths}, got {len(tgt)}x{len(tgt[0])}")
-        if tgt == "aligned" and en["type"] not in ("matrix_regression", "matrix_completion"):
-            _fail("network.target", f"'aligned' needs an energy with a target matrix (matrix_regression, matrix_completion), energy.type is {en['type']!r}")
+        aligned = [k for k, cls in ENERGY_CLASSES.items() if cls.aligned_start]
+        if tgt == "aligned" and en["type"] not in aligned:
+            _fail("network.target", f"'aligned' needs an energy with a target matrix ({', '.join(aligned)}), energy.type is {en['type']!r}")
 
-    # --- energy ----------------------------------------------------------------------------
+
+def _energy_rules(en: dict, widths: list[int]) -> None:
+    """Rules of the energy section: the shared target keys here, each energy's own in its check_config."""
+    d_in, d_out = widths[0], widths[-1]
     t = en["target"]
     if isinstance(t, list) and (len(t), len(t[0])) != (d_out, d_in):
         _fail("energy.target", f"must be d_N x d_0 = {d_out}x{d_in} for network widths {widths}, got {len(t)}x{len(t[0])}")
@@ -605,24 +375,19 @@ def _resolve(c: dict) -> None:
     if en["spectrum"] is not None:
         if isinstance(t, list) or t == "identity":
             _fail("energy.spectrum", "only applies to energy.target: random or diag")
-        if len(en["spectrum"]) != r:
-            _fail("energy.spectrum", f"needs min(d_N, d_0) = {r} values for widths {widths}, got {len(en['spectrum'])}")
-    m = en["mask"]
-    if en["type"] == "matrix_completion":
-        if m is None:
-            _fail("energy.mask", "matrix_completion needs the observed entries: diag | offdiag | a 0/1 matrix")
-        if isinstance(m, list) and (len(m), len(m[0])) != (d_out, d_in):
-            _fail("energy.mask", f"must be d_N x d_0 = {d_out}x{d_in}, got {len(m)}x{len(m[0])}")
-    elif m is not None:
-        _fail("energy.mask", f"only applies to energy.type: matrix_completion (type is {en['type']!r})")
-    if en["data"] is not None:
-        if en["type"] != "linear_regression":
-            _fail("energy.data", f"only applies to energy.type: linear_regression (type is {en['type']!r})")
-        _check_data_file(en["data"], d_in, d_out)
+        if len(en["spectrum"]) != min(d_in, d_out):
+            _fail("energy.spectrum", f"needs min(d_N, d_0) = {min(d_in, d_out)} values for widths {widths}, got {len(en['spectrum'])}")
+    for name, cls in ENERGY_CLASSES.items():
+        for key in cls.config_keys:
+            if name != en["type"] and en[key] is not None:
+                _fail(f"energy.{key}", f"only applies to energy.type: {name} (type is {en['type']!r})")
+    ENERGY_CLASSES[en["type"]].check_config(en, widths)
 
-    # --- dynamics --------------------------------------------------------------------------
-    scheme = dyn["scheme"]
-    h = dyn["step_size"]
+
+def _resolve_dynamics(c: dict) -> None:
+    net, dyn = c["network"], c["dynamics"]
+    widths, name, h = net["widths"], dyn["scheme"], dyn["step_size"]
+    scheme = SCHEME_CLASSES[name]
     if dyn["time"] is not None:
         steps = max(1, round(dyn["time"] / h))
         if dyn["steps"] is not None and dyn["steps"] != steps:
@@ -630,46 +395,36 @@ def _resolve(c: dict) -> None:
     else:
         steps = 1000 if dyn["steps"] is None else dyn["steps"]
     dyn["steps"], dyn["time"] = steps, steps * h
-    needs_beta = scheme in STOCHASTIC_SCHEMES or scheme == "free_energy_flow"
-    if needs_beta and dyn["beta"] is None:
-        _fail("dynamics.beta", f"scheme {scheme!r} needs an inverse temperature; set dynamics.beta (e.g. 10)")
-    if scheme in END_TO_END_SCHEMES or scheme in STOCHASTIC_SCHEMES[:2]:
-        if not square:
-            _fail("dynamics.scheme", f"{scheme!r} needs square widths (the theory of the end-to-end flow and the balanced manifold), got {widths}")
-    if scheme in ("langevin_projected", "langevin_metropolis") and net["init"] not in ("balanced", "file"):
-        _fail("network.init", f"{scheme!r} moves on the balanced manifold; start it there with init: balanced (got {net['init']!r})")
-    if dyn["time_scale"] == "depth" and scheme not in END_TO_END_SCHEMES:
-        _fail("dynamics.time_scale", f"'depth' applies to end-to-end schemes ({', '.join(END_TO_END_SCHEMES)}), not {scheme!r}")
-    if dyn["theory"] == "true" and not (scheme in ("gradient_descent", "gradient_flow") and square):
-        _fail("dynamics.theory", f"the end-to-end reference flow runs alongside deterministic parameter schemes with square widths (scheme {scheme!r}, widths {widths}); use auto or false")
-    if scheme in FLOW_SCHEMES:
-        dyn["options"] = _flow_options(dyn["options"], scheme)
-    elif dyn["options"] and scheme not in STOCHASTIC_SCHEMES:
-        _fail("dynamics.options", f"scheme {scheme!r} takes no options, got {sorted(dyn['options'])}")
+    if scheme.needs_beta and dyn["beta"] is None:
+        _fail("dynamics.beta", f"scheme {name!r} needs an inverse temperature; set dynamics.beta (e.g. 10)")
+    if scheme.square_only and not all(w == widths[0] for w in widths):
+        _fail("dynamics.scheme", f"{name!r} needs square widths (the theory of the end-to-end flow and the balanced manifold), got {widths}")
+    if scheme.on_manifold and net["init"] not in ("balanced", "file"):
+        _fail("network.init", f"{name!r} moves on the balanced manifold; start it there with init: balanced (got {net['init']!r})")
+    end_to_end = [k for k, cls in SCHEME_CLASSES.items() if cls.space == "end_to_end"]
+    if dyn["time_scale"] == "depth" and scheme.space != "end_to_end":
+        _fail("dynamics.time_scale", f"'depth' applies to end-to-end schemes ({', '.join(end_to_end)}), not {name!r}")
+    if dyn["theory"] == "true" and not reference_flow_applies(c):
+        _fail("dynamics.theory", f"the end-to-end reference flow runs alongside deterministic parameter schemes with square widths (scheme {name!r}, widths {widths}); use auto or false")
+    dyn["options"] = scheme.config_options(dyn["options"])
 
-    # --- observers ------------------------------------------------------------------------
+
+def _resolve_observers(c: dict) -> None:
+    obs, steps, widths = c["observers"], c["dynamics"]["steps"], c["network"]["widths"]
+    scheme = SCHEME_CLASSES[c["dynamics"]["scheme"]]
     if obs["every"] is None:
         obs["every"] = max(1, steps // 200)
     elif obs["every"] > steps:
         _fail("observers.every", f"{obs['every']} is more than the {steps} steps of the run; save more often")
-    param_space = scheme not in END_TO_END_SCHEMES
-    if obs["entropy_measured"] == "true" and not (square and param_space):
-        _fail("observers.entropy_measured", f"needs a parameter-space scheme and square widths (scheme {scheme!r}, widths {widths}); use auto or false")
-    if obs["include"] is not None and "free_energy" in obs["include"] and dyn["beta"] is None:
+    square = all(w == widths[0] for w in widths)
+    if obs["entropy_measured"] == "true" and not (square and scheme.space == "parameters"):
+        _fail("observers.entropy_measured", f"needs a parameter-space scheme and square widths (scheme {scheme.name!r}, widths {widths}); use auto or false")
+    if obs["include"] is not None and "free_energy" in obs["include"] and c["dynamics"]["beta"] is None:
         _fail("observers.include", "free_energy needs dynamics.beta; set it or remove free_energy")
-
-    # --- device ---------------------------------------------------------------------------
-    if dev["device"] == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            _fail("device.device", "cuda was requested but no CUDA device is available; use cpu or auto")
 
 
 def _file_widths(path: str) -> list[int]:
     """Widths [d_0..d_N] of a weight file; ConfigError naming network.file if unreadable or not chaining."""
-    from .runner import read_weight_file  # torch-dependent: imported only when used
-
     try:
         weights = read_weight_file(path)
     except ConfigError:
@@ -682,36 +437,6 @@ def _file_widths(path: str) -> list[int]:
             _fail("network.file", f"widths do not chain: W_{p} has shape {tuple(W.shape[-2:])} but W_{p - 1} outputs {widths[-1]} (need W_{p}.shape[-1] == W_{p - 1}.shape[-2])")
         widths.append(W.shape[-2])
     return widths
-
-
-def _check_data_file(path: str, d_in: int, d_out: int) -> None:
-    import numpy as np
-
-    if not os.path.isfile(path):
-        _fail("energy.data", f"no such file {path}")
-    try:
-        with np.load(path) as z:
-            A, Y = z["inputs"], z["outputs"]
-    except KeyError:
-        _fail("energy.data", f"{path} must hold arrays 'inputs' (d_0, n) and 'outputs' (d_N, n)")
-    except (OSError, ValueError) as e:
-        _fail("energy.data", f"cannot read {path}: {str(e).splitlines()[0]}")
-    if A.ndim != 2 or Y.ndim != 2 or A.shape[0] != d_in or Y.shape[0] != d_out or A.shape[1] != Y.shape[1]:
-        _fail("energy.data", f"inputs {A.shape} and outputs {Y.shape} must be ({d_in}, n) and ({d_out}, n) for the network widths")
-
-
-def _flow_options(opts: dict, scheme: str) -> dict:
-    """dynamics.options of the deterministic flows: method (rk4 | dopri5) and dopri5's rtol, atol, max_substeps."""
-    checks = {"method": Choice(FLOW_METHODS), "rtol": Num(gt=0), "atol": Num(gt=0), "max_substeps": Int(ge=1)}
-    out = {}
-    for k, v in opts.items():
-        if k not in checks:
-            _fail(f"dynamics.options.{k}", f"unknown option of scheme {scheme!r}; {_did_you_mean(k, checks)}")
-        out[k] = checks[k](v, f"dynamics.options.{k}")
-    extra = sorted(k for k in out if k != "method")
-    if extra and out.get("method", "rk4") != "dopri5":
-        _fail("dynamics.options", f"{', '.join(extra)} apply to method: dopri5 only; add method: dopri5 or remove them")
-    return out
 
 
 def reference_yaml() -> str:

@@ -4,12 +4,24 @@ The loss on parameters is L(W) = E(phi(W)) (THEORY.md section 1). Every energy h
 `value(X)`, `grad(X)` and `value_and_grad(X)` for X of shape (B, d_out, d_in) (or (d_out, d_in));
 data tensors (targets, masks) broadcast over the batch. `CustomEnergy` wraps any differentiable
 function of X, with the gradient by autograd.
+
+`ENERGIES` is the registry of the config's energy.type: config name -> class. A registered class
+declares `name`, `from_config(section, widths)` (the energy of a resolved `energy:` section),
+`check_config(section, widths)` (its own config rules, ConfigError naming the key), `config_keys`
+(keys of the section that only it reads), `has_target` (it uses the target matrix Phi of
+energy.target), `aligned_start` (a balanced start aligned with Phi is meaningful) and `batch_free` (its data has no batch dim: the CPU fast path of gradient descent
+may cut the batch into blocks). Adding an energy is its class here plus its keys in config.SCHEMA.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
+import numpy as np
 import torch
+
+from .network import random_orthogonal
+from .options import fail
 
 __all__ = [
     "Energy",
@@ -19,6 +31,8 @@ __all__ = [
     "WeightDecay",
     "CustomEnergy",
     "SumEnergy",
+    "ENERGIES",
+    "target_matrix",
 ]
 
 
@@ -31,6 +45,20 @@ class Energy:
 
     shape: tuple[int, int] | None = None  # (d_out, d_in) the energy needs, when it has data
     orthogonally_invariant: bool = False  # E(O1 X O2) = E(X): the singular-value law applies
+    # registry data (module docstring); read from the class itself, so subclasses declare their own
+    name: str | None = None
+    config_keys: tuple[str, ...] = ()
+    has_target: bool = False
+    aligned_start: bool = False
+    batch_free: bool = False
+
+    @classmethod
+    def from_config(cls, section: dict, widths: list[int]) -> "Energy":
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
+
+    @classmethod
+    def check_config(cls, section: dict, widths: list[int]) -> None:
+        """The energy's own rules on a resolved `energy:` section (raise ConfigError naming the key)."""
 
     def value_and_grad(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -72,9 +100,18 @@ def _as_matrix(x, name: str) -> torch.Tensor:
 class MatrixRegression(Energy):
     """E(X) = 1/2 ||X - Phi||_F^2, grad = X - Phi. Phi: (d_out, d_in) or (B, d_out, d_in)."""
 
+    name = "matrix_regression"
+    has_target = True
+    aligned_start = True
+    batch_free = True
+
     def __init__(self, target):
         self.target = _as_matrix(target, "target")
         self.shape = tuple(self.target.shape[-2:])
+
+    @classmethod
+    def from_config(cls, section, widths):
+        return cls(target_matrix(section, widths))
 
     def value_and_grad(self, X):
         R = X - self.target
@@ -90,6 +127,29 @@ class LinearRegression(Energy):
     Evaluated through the sufficient statistics Sigma = A A^T / n, C = Y A^T / n, c = ||Y||^2/(2n):
     E = 1/2 tr(X Sigma X^T) - tr(X C^T) + c, so a step costs O(d^3), not O(d^2 n).
     """
+
+    name = "linear_regression"
+    config_keys = ("data",)
+    has_target = True  # the synthetic data's Phi
+    batch_free = True
+
+    @classmethod
+    def from_config(cls, section, widths):
+        if section["data"] is not None:
+            with np.load(section["data"]) as z:
+                A = torch.as_tensor(z["inputs"], dtype=torch.float64)
+                Y = torch.as_tensor(z["outputs"], dtype=torch.float64)
+            return cls(A, Y)
+        Phi = target_matrix(section, widths)
+        g = torch.Generator().manual_seed(section["seed"] + 1)
+        A = torch.randn(Phi.shape[1], section["n_samples"], dtype=torch.float64, generator=g)
+        Y = Phi @ A + section["noise"] * torch.randn(Phi.shape[0], section["n_samples"], dtype=torch.float64, generator=g)
+        return cls(A, Y)
+
+    @classmethod
+    def check_config(cls, section, widths):
+        if section["data"] is not None:
+            _check_data_file(section["data"], widths[0], widths[-1])
 
     def __init__(self, inputs, outputs):
         A = _as_matrix(inputs, "inputs")
@@ -122,6 +182,33 @@ class MatrixCompletion(Energy):
     target, mask: (d_out, d_in) or (B, d_out, d_in) each; a batched mask is one mask per trajectory
     (random masks: `dlnsim.tasks.random_mask(..., batch=B)`), and its B must be the ensemble's.
     """
+
+    name = "matrix_completion"
+    config_keys = ("mask",)
+    has_target = True
+    aligned_start = True
+    batch_free = True
+
+    @classmethod
+    def from_config(cls, section, widths):
+        Phi = target_matrix(section, widths)
+        m = section["mask"]
+        d_out, d_in = Phi.shape
+        if m == "diag":
+            mask = torch.eye(d_out, d_in, dtype=torch.float64)
+        elif m == "offdiag":
+            mask = 1.0 - torch.eye(d_out, d_in, dtype=torch.float64)
+        else:
+            mask = torch.tensor(m, dtype=torch.float64)
+        return cls(Phi, mask)
+
+    @classmethod
+    def check_config(cls, section, widths):
+        m, d_in, d_out = section["mask"], widths[0], widths[-1]
+        if m is None:
+            fail("energy.mask", "matrix_completion needs the observed entries: diag | offdiag | a 0/1 matrix")
+        if isinstance(m, list) and (len(m), len(m[0])) != (d_out, d_in):
+            fail("energy.mask", f"must be d_N x d_0 = {d_out}x{d_in}, got {len(m)}x{len(m[0])}")
 
     def __init__(self, target, mask):
         self.target = _as_matrix(target, "target")
@@ -158,6 +245,12 @@ class WeightDecay(Energy):
     """E(X) = alpha/2 ||X||_F^2, grad = alpha X. Orthogonally invariant (the Gibbs-law test case)."""
 
     orthogonally_invariant = True
+    name = "weight_decay"
+    batch_free = True
+
+    @classmethod
+    def from_config(cls, section, widths):
+        return cls(section["alpha"])
 
     def __init__(self, alpha: float = 1.0):
         if not alpha > 0:
@@ -189,6 +282,8 @@ class CustomEnergy(Energy):
 class SumEnergy(Energy):
     """E = sum_k E_k."""
 
+    batch_free = True  # when every term is (dlnsim.dynamics.gradient._batch_free asks the terms)
+
     def __init__(self, terms):
         self.terms = list(terms)
         shapes = {t.shape for t in self.terms if t.shape is not None}
@@ -208,3 +303,48 @@ class SumEnergy(Energy):
         for t in self.terms:
             t.to(dtype, device)
         return self
+
+
+ENERGIES: dict[str, type[Energy]] = {
+    cls.name: cls for cls in (MatrixRegression, LinearRegression, MatrixCompletion, WeightDecay)
+}
+
+
+def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:
+    """The target matrix Phi (d_N, d_0) of a resolved `energy:` section (float64, CPU).
+
+    energy.target: a matrix | identity | diag (diag(spectrum), ones by default) | random
+    (U diag(spectrum) V^T, Haar U, V from energy.seed, independent of the dynamics' generator and
+    device; spectrum (r, r-1, ..., 1) by default, r = min(d_N, d_0)).
+    """
+    d_in, d_out = widths[0], widths[-1]
+    r = min(d_in, d_out)
+    t, spectrum = section["target"], section["spectrum"]
+    if isinstance(t, list):
+        return torch.tensor(t, dtype=torch.float64)
+    if t == "identity":
+        return torch.eye(d_out, d_in, dtype=torch.float64)
+    if t == "diag":
+        s = torch.ones(r, dtype=torch.float64) if spectrum is None else torch.tensor(spectrum, dtype=torch.float64)
+        out = torch.zeros(d_out, d_in, dtype=torch.float64)
+        out[range(r), range(r)] = s
+        return out
+    g = torch.Generator().manual_seed(section["seed"])
+    s = torch.arange(r, 0, -1, dtype=torch.float64) if spectrum is None else torch.tensor(spectrum, dtype=torch.float64)
+    U = random_orthogonal((), d_out, generator=g)[:, :r]
+    V = random_orthogonal((), d_in, generator=g)[:, :r]
+    return (U * s) @ V.T
+
+
+def _check_data_file(path: str, d_in: int, d_out: int) -> None:
+    if not os.path.isfile(path):
+        fail("energy.data", f"no such file {path}")
+    try:
+        with np.load(path) as z:
+            A, Y = z["inputs"], z["outputs"]
+    except KeyError:
+        fail("energy.data", f"{path} must hold arrays 'inputs' (d_0, n) and 'outputs' (d_N, n)")
+    except (OSError, ValueError) as e:
+        fail("energy.data", f"cannot read {path}: {str(e).splitlines()[0]}")
+    if A.ndim != 2 or Y.ndim != 2 or A.shape[0] != d_in or Y.shape[0] != d_out or A.shape[1] != Y.shape[1]:
+        fail("energy.data", f"inputs {A.shape} and outputs {Y.shape} must be ({d_in}, n) and ({d_out}, n) for the network widths")

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._checks import check_depth, check_matrix
+from ._checks import as_beta, check_depth, check_matrix
 from .spectral import _log_ratio, log_kernel
 
 __all__ = ["gibbs_log_density", "singular_value_log_density", "SingularValueLaw", "VOLUMES"]
@@ -64,7 +64,7 @@ def _spectral_log_factor(s: torch.Tensor, depth: int, entropy: bool, volume: str
 
 
 def _beta(beta, ref: torch.Tensor) -> torch.Tensor:
-    b = torch.as_tensor(beta, dtype=ref.dtype, device=ref.device)
+    b = as_beta(beta, ref, trailing=0)
     if bool((b <= 0).any()):
         raise ValueError(f"beta must be positive, got {beta!r}")
     return b

@@ -10,12 +10,15 @@ path; autograd is the test oracle).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ._checks import check_depth, check_matrix
+from .options import ConfigError
 
 __all__ = [
     "DeepLinearNetwork",
@@ -27,6 +30,7 @@ __all__ = [
     "random_orthogonal",
     "orthonormal_columns",
     "check_widths",
+    "read_weight_file",
 ]
 
 
@@ -171,6 +175,7 @@ class DeepLinearNetwork(nn.Module):
     weights: nn.ParameterList [W_1, ..., W_N], W_p of shape (B, d_p, d_{p-1}).
     Build one with a constructor classmethod (balanced, gaussian, orthogonal, identity,
     from_weights) or the generic `DeepLinearNetwork(widths, batch, init=..., ...)`.
+
     Default dtype float64: balancedness drift is O(h^2) per step and float32 roundoff swamps it.
     """
 
@@ -317,3 +322,28 @@ def _balanced_target(widths, batch, scale, target, spectrum, generator, dtype, d
             raise ValueError(f"spectrum must be {need} non-negative singular values, got {spectrum!r}")
         s = torch.cat([s, s.new_zeros(r - s.shape[0])])
     return (U * s) @ V.mT
+
+
+def read_weight_file(path: str) -> list[torch.Tensor]:
+    """Weights [W_1..W_N] (float64, CPU) from a .pt (a list, or a dict with 'weights') or .npz (W1..WN
+    or W_1..W_N); each (d_p, d_{p-1}) or (B, d_p, d_{p-1}). ConfigError naming network.file on a bad file.
+    The .pt file is read with weights_only=True (no unpickling of arbitrary objects)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"network.file: no such file {path}")
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            keys = sorted((k for k in z.files if k.lstrip("W_").isdigit()), key=lambda k: int(k.lstrip("W_")))
+            if not keys:
+                raise ConfigError(f"network.file: {path} holds no arrays named W1..WN (or W_1..W_N)")
+            ws = [torch.as_tensor(z[k], dtype=torch.float64) for k in keys]
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            obj = obj.get("weights")
+        if not isinstance(obj, (list, tuple)) or not obj or not all(isinstance(w, torch.Tensor) for w in obj):
+            raise ConfigError(f"network.file: {path} must hold a list of tensors [W_1, ..., W_N] (or {{'weights': [...]}})")
+        ws = [w.to(torch.float64) for w in obj]
+    for p, W in enumerate(ws, start=1):
+        if W.dim() not in (2, 3):
+            raise ConfigError(f"network.file: W_{p} must have shape (d_p, d_(p-1)) or (B, d_p, d_(p-1)), got {tuple(W.shape)}")
+    return ws

@@ -1,53 +1,170 @@
-"""Observables of a run, measured at save points (THEORY.md section 6).
+"""Observables of a run, measured at save points (THEORY.md section 6): one registry entry each.
 
-`Observer.measure(state)` returns a dict of tensors, each with the batch dim first:
+`OBSERVABLES` maps a name to an `Observable`: a pure function of (state, context) returning its
+arrays, each with the batch dim first, when it applies to the state, and the run figure that draws it.
 
     loss              (B,)        E(X)
     singular_values   (B, r)      descending, r = min(d_N, d_0)
-    X                 (B, d_N, d_0)                       (if record_X)
-    balancedness      (B, N-1)    ||G_p(t) - G_p(0)||_F   (parameter schemes)
-    balancedness_norm (B, N-1)    ||G_p(t)||_F
-    balancedness_rel  (B,)        max_p ||G_p(t) - G_p(0)||_F / sum_p ||W_p||_F^2
+    X                 (B, d_N, d_0)                       (not recorded unless asked for)
     entropy_formula   (B,)        S(X), closed form (square X; -inf/NaN where rank-deficient)
+    free_energy       (B,)        E - S/beta (square X, when beta is given)
+    balancedness      (B, N-1)    ||G_p(t) - G_p(0)||_F   (parameter schemes, N >= 2), with
+      balancedness_norm (B, N-1)  ||G_p(t)||_F
+      balancedness_rel  (B,)      max_p ||G_p(t) - G_p(0)||_F / sum_p ||W_p||_F^2
     entropy_measured  (B,)        log-volume of the orbit through W (square widths, parameter schemes)
-    free_energy       (B,)        E - S/beta (when beta is given)
     reference_distance (B,)       ||X - X_ref||_F / ||X_ref||_F against a reference (theory) state
     <stat>            (B,)        every counter the scheme keeps in state.stats
 
-No host syncs: values that are undefined come out as NaN/inf rather than raising, so the
-simulation never stops to check; the runner inspects them once per save point.
+`Observer.measure(state, reference)` evaluates the included entries in registry order. The
+quantities several entries share (X, E(X), its singular values, S(X)) are computed once per save
+point by `Context`. No host syncs: values that are undefined come out as NaN/inf rather than
+raising; the simulation loop inspects them once per save point.
+
+To add an observable: one `Observable(...)` entry below (and, for a figure of its own, a run figure
+in dlnsim.plotting named by its `figure`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
+from ._checks import as_beta
+from .dynamics.base import State
 from .energies import Energy
 from .entropy import entropy_from_singular_values, orbit_log_volume
 from .network import balancedness
-from .dynamics.base import State
 
-__all__ = ["Observer", "OBSERVABLES"]
+__all__ = ["Observer", "Observable", "Context", "OBSERVABLES", "ENTROPY_MEASURED_AUTO_MAX", "default_include"]
 
-OBSERVABLES = (
-    "loss",
-    "singular_values",
-    "X",
-    "balancedness",
-    "entropy_formula",
-    "entropy_measured",
-    "free_energy",
-    "reference_distance",
+# Gram matrices of the measured entropy have (N-1) d(d-1)/2 rows; above this, "auto" skips them.
+ENTROPY_MEASURED_AUTO_MAX = 60
+
+
+class Context:
+    """What the observables of one save point share, computed on first use.
+
+    state, reference: the run's state and the reference (theory) state or None; energy, depth,
+    beta (None, a number or (B,) tensor); memory: the observer's dict kept across save points
+    (e.g. the initial balancedness G_p(0)).
+    """
+    def __init__(self, state: State, reference: State | None, energy: Energy, depth: int, beta, memory: dict):
+        self.state, self.reference, self.energy, self.depth, self.beta, self.memory = (
+            state, reference, energy, depth, beta, memory)
+        self._cache: dict = {}
+
+    def _get(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    @property
+    def X(self) -> torch.Tensor:
+        return self._get("X", self.state.end_to_end)
+
+    @property
+    def square(self) -> bool:
+        return self.X.shape[-1] == self.X.shape[-2]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self._get("loss", lambda: self.energy.value(self.X))
+
+    @property
+    def singular_values(self) -> torch.Tensor:
+        return self._get("s", lambda: torch.linalg.svdvals(self.X))
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self._get("S", lambda: entropy_from_singular_values(self.singular_values, self.depth))
+
+
+@dataclass(frozen=True)
+class Observable:
+    """One observable: measure(ctx) -> {array name: (B, ...) tensor}; applies(ctx) on this state;
+    figure: the run figure (dlnsim.plotting) that draws it; default: recorded when
+    observers.include is null; select(cfg, scheme_class): None, or the run layer's own decision
+    (e.g. a config key of its own), which overrides include."""
+    name: str
+    measure: Callable[[Context], dict]
+    applies: Callable[[Context], bool] = lambda ctx: True
+    figure: str | None = None
+    default: bool = True
+    select: Callable[[dict, type], bool] | None = None
+
+
+def _balancedness(ctx: Context) -> dict:
+    weights = ctx.state.weights
+    G = balancedness(weights)
+    if ctx.memory.get("G0") is None:
+        ctx.memory["G0"] = [g.clone() for g in G] if isinstance(G, list) else G.clone()
+    G0 = ctx.memory["G0"]
+    if isinstance(G, list):
+        drift = torch.stack([(g - g0).flatten(-2).norm(dim=-1) for g, g0 in zip(G, G0)], dim=-1)
+        norm = torch.stack([g.flatten(-2).norm(dim=-1) for g in G], dim=-1)
+    else:
+        drift = (G - G0).flatten(-2).norm(dim=-1)
+        norm = G.flatten(-2).norm(dim=-1)
+    wsq = sum((W * W).sum(dim=(-2, -1)) for W in weights)
+    return {"balancedness": drift, "balancedness_norm": norm, "balancedness_rel": drift.amax(dim=-1) / wsq}
+
+
+def _reference_distance(ctx: Context) -> dict:
+    Xr = ctx.reference.end_to_end()
+    return {"reference_distance": (ctx.X - Xr).flatten(-2).norm(dim=-1) / Xr.flatten(-2).norm(dim=-1)}
+
+
+def _select_entropy_measured(cfg: dict, scheme_cls: type) -> bool:
+    """observers.entropy_measured: true | false | auto ((N-1) d(d-1)/2 <= ENTROPY_MEASURED_AUTO_MAX);
+    only for parameter-space schemes with square widths."""
+    widths, want = cfg["network"]["widths"], cfg["observers"]["entropy_measured"]
+    d, N = widths[0], len(widths) - 1
+    square = all(w == d for w in widths)
+    return scheme_cls.space == "parameters" and square and (
+        want == "true" or (want == "auto" and (N - 1) * d * (d - 1) // 2 <= ENTROPY_MEASURED_AUTO_MAX))
+
+
+def _square_weights(ctx: Context) -> bool:
+    ws = ctx.state.weights
+    return ws is not None and all(W.shape[-1] == W.shape[-2] == ctx.X.shape[-1] for W in ws)
+
+
+_ENTRIES = (
+    Observable("loss", lambda c: {"loss": c.loss}, figure="loss"),
+    Observable("singular_values", lambda c: {"singular_values": c.singular_values}, figure="singular_values"),
+    Observable("X", lambda c: {"X": c.X}, default=False),
+    Observable("entropy_formula", lambda c: {"entropy_formula": c.entropy}, lambda c: c.square, figure="entropy"),
+    Observable("free_energy", lambda c: {"free_energy": c.loss - c.entropy / as_beta(c.beta, c.X, trailing=0)},
+               lambda c: c.square and c.beta is not None, figure="thermodynamics"),
+    Observable("balancedness", _balancedness, lambda c: c.state.weights is not None and len(c.state.weights) > 1,
+               figure="balancedness"),
+    Observable("entropy_measured", lambda c: {"entropy_measured": orbit_log_volume(c.state.weights)}, _square_weights,
+               figure="entropy", select=_select_entropy_measured),
+    Observable("reference_distance", _reference_distance, lambda c: c.reference is not None),
 )
+OBSERVABLES: dict[str, Observable] = {o.name: o for o in _ENTRIES}
+
+
+def default_include(cfg: dict, scheme_cls: type) -> list[str]:
+    """The observables a run records: observers.include (null: every default one), each entry's own
+    `select` rule applied, and the loss always (the divergence check and every figure read it)."""
+    include = cfg["observers"]["include"]
+    names = list(include) if include is not None else [k for k, o in OBSERVABLES.items() if o.default]
+    for k, o in OBSERVABLES.items():
+        if o.select is not None:
+            names = [n for n in names if n != k] + ([k] if o.select(cfg, scheme_cls) else [])
+    return names if "loss" in names else ["loss"] + names
 
 
 class Observer:
     """Measures the observables of `state` for an ensemble of depth `depth`.
 
     include: names from OBSERVABLES to record (default: all that apply). beta: inverse
-    temperature for the free energy (number or (B,) tensor), None for none. G0: the initial
-    balancedness tensors, taken from the first state measured unless given.
+    temperature for the free energy (number or (B,) tensor), None for none. The initial
+    balancedness G_p(0) is taken from the first state measured (`state_dict` / `load_state_dict`
+    carry it through a checkpoint).
     """
-
     def __init__(self, energy: Energy, depth: int, include=None, beta=None):
         include = set(OBSERVABLES if include is None else include)
         unknown = include - set(OBSERVABLES)
@@ -57,59 +174,21 @@ class Observer:
         self.depth = depth
         self.include = include
         self.beta = beta
-        self._G0 = None
+        self._memory: dict = {"G0": None}
 
     def measure(self, state: State, reference: State | None = None) -> dict[str, torch.Tensor]:
-        X = state.end_to_end()
-        square = X.shape[-1] == X.shape[-2]
+        ctx = Context(state, reference, self.energy, self.depth, self.beta, self._memory)
         out: dict[str, torch.Tensor] = {}
-        loss = self.energy.value(X)
-        if "loss" in self.include:
-            out["loss"] = loss
-        s = torch.linalg.svdvals(X)
-        if "singular_values" in self.include:
-            out["singular_values"] = s
-        if "X" in self.include:
-            out["X"] = X
-        S = entropy_from_singular_values(s, self.depth) if square else None
-        if S is not None and "entropy_formula" in self.include:
-            out["entropy_formula"] = S
-        if S is not None and self.beta is not None and "free_energy" in self.include:
-            beta = torch.as_tensor(self.beta, dtype=X.dtype, device=X.device)
-            out["free_energy"] = loss - S / beta
-        if state.weights is not None and len(state.weights) > 1 and "balancedness" in self.include:
-            G = balancedness(state.weights)
-            if self._G0 is None:
-                self._G0 = [g.clone() for g in G] if isinstance(G, list) else G.clone()
-            if isinstance(G, list):
-                drift = torch.stack([(g - g0).flatten(-2).norm(dim=-1) for g, g0 in zip(G, self._G0)], dim=-1)
-                norm = torch.stack([g.flatten(-2).norm(dim=-1) for g in G], dim=-1)
-            else:
-                drift = (G - self._G0).flatten(-2).norm(dim=-1)
-                norm = G.flatten(-2).norm(dim=-1)
-            wsq = sum((W * W).sum(dim=(-2, -1)) for W in state.weights)
-            out["balancedness"] = drift
-            out["balancedness_norm"] = norm
-            out["balancedness_rel"] = drift.amax(dim=-1) / wsq
-        if (
-            state.weights is not None
-            and "entropy_measured" in self.include
-            and all(W.shape[-1] == W.shape[-2] == X.shape[-1] for W in state.weights)
-        ):
-            out["entropy_measured"] = orbit_log_volume(state.weights)
-        if reference is not None and "reference_distance" in self.include:
-            Xr = reference.end_to_end()
-            out["reference_distance"] = (X - Xr).flatten(-2).norm(dim=-1) / Xr.flatten(-2).norm(dim=-1)
+        for name, obs in OBSERVABLES.items():
+            if name in self.include and obs.applies(ctx):
+                out.update(obs.measure(ctx))
         for k, v in state.stats.items():
             out[k] = v.clone()
         return out
 
-    def reset(self) -> None:
-        self._G0 = None
-
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume measuring: the initial balancedness G_p(0)."""
-        return {"G0": self._G0}
+        return {"G0": self._memory["G0"]}
 
     def load_state_dict(self, d: dict) -> None:
-        self._G0 = d["G0"]
+        self._memory["G0"] = d["G0"]

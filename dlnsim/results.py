@@ -28,6 +28,10 @@ import sys
 import numpy as np
 import yaml
 
+from ._io import atomic_write
+from ._version import __version__
+from .lifecycle import Status
+
 __all__ = [
     "STATUSES",
     "make_run_dir",
@@ -45,7 +49,7 @@ __all__ = [
     "now",
 ]
 
-STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
+STATUSES = (Status.RUNNING, Status.COMPLETED, Status.INTERRUPTED, Status.DIVERGED, Status.FAILED)  # of a run folder
 CONFIG, META, METRICS, ARRAYS, CHECKPOINT, FIGURES, RUNS = (
     "config.yaml", "meta.json", "metrics.csv", "arrays.npz", "checkpoint.pt", "figures", "runs",
 )
@@ -55,13 +59,8 @@ def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _atomic(path: str, write, mode: str = "w") -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# The one atomic writer (dlnsim._io); the short name is what the writers below call.
+_atomic = atomic_write
 
 
 def make_run_dir(parent: str, name: str) -> str:
@@ -207,8 +206,6 @@ def _command() -> str | None:
 def environment() -> dict:
     """Versions and provenance for meta.json."""
     import torch
-
-    from . import __version__
 
     return {
         "dlnsim": __version__,

@@ -27,23 +27,16 @@ from dlnsim.dynamics.rle import RiemannianLangevin
 from dlnsim.energies import MatrixRegression, WeightDecay
 from dlnsim.gibbs import SingularValueLaw
 from dlnsim.network import balanced_weights, balancedness, random_orthogonal
+from dlnsim.problems import OBSERVABLE_NAMES, balanced_start, law_moments, singular_value_observables
 from dlnsim.stats import independent_chain_stderr, ks_test
 
 DT = torch.float64
-OBS = ("s_max", "s_min", "|X|^2", "|det X|")
+OBS = OBSERVABLE_NAMES
+observables = singular_value_observables
 
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def observables(X):
-    s = torch.linalg.svdvals(X)
-    return torch.stack([s[:, 0], s[:, -1], (s * s).sum(-1), s.prod(-1)], dim=-1)
-
-
-def law_moments(law):
-    return law.moment(lambda s: torch.stack([s[:, 0], s[:, -1], (s * s).sum(-1), s.prod(-1)], dim=-1))
 
 
 def section_gibbs(scale):
@@ -54,7 +47,7 @@ def section_gibbs(scale):
     for d, N in ((1, 2), (1, 3), (2, 2), (2, 3)):
         g = gen(1000 + 10 * d + N)
         scheme = MetropolisLangevin(WeightDecay(1.0), 0.1, N, 1.0, generator=g)
-        state = scheme.init_state(weights=balanced_weights(torch.randn(B, d, d, dtype=DT, generator=g), N, generator=g))
+        state = scheme.init_state(weights=balanced_start(d, N, B, g))
         vals = []
         t0 = time.perf_counter()
         for i in range(burn + rec):
@@ -87,7 +80,7 @@ def section_bias(scale):
     for h in (0.1, 0.05, 0.025):
         g = gen(2000)
         scheme = ProjectedLangevin(WeightDecay(1.0), h, N, 1.0, generator=g)
-        state = scheme.init_state(weights=balanced_weights(0.8 * torch.randn(B, d, d, dtype=DT, generator=g), N, generator=g))
+        state = scheme.init_state(weights=balanced_start(d, N, B, g, scale=0.8))
         nb, nr = int(round(2.0 / h)), int(round(8.0 / h))
         rec = []
         for i in range(nb + nr):
@@ -147,7 +140,7 @@ def section_contrast(scale):
     d, N, B, h = 2, 3, int(500 * scale), 0.01
     energy = MatrixRegression(torch.tensor([[1.5, 0.3], [-0.2, 0.7]], dtype=DT))
     g = gen(3000)
-    W0 = balanced_weights(0.7 * torch.randn(B, d, d, dtype=DT, generator=g), N, generator=g)
+    W0 = balanced_start(d, N, B, g, scale=0.7)
     free, proj = UnprojectedLangevin(energy, h, N, 1.0, generator=gen(3001)), ProjectedLangevin(energy, h, N, 1.0, generator=gen(3002))
     sf, sp = free.init_state(weights=W0), proj.init_state(weights=W0)
     print(f"{'t':>5} {'E sum_p |G_p|^2 (free)':>24} {'s.e.':>8} {'max |G_p| (projected)':>22}")

@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from dlnsim import WeightDecay
-from dlnsim.dynamics.rle import CHARTS, RiemannianLangevin
+from dlnsim.dynamics.rle import CHARTS
 from dlnsim.gibbs import SingularValueLaw
+from dlnsim.problems import rle_stationary_samples
 from dlnsim.stats import independent_chain_stderr, ks_test
 
 MOMENTS = {
@@ -33,20 +33,9 @@ MOMENTS = {
 
 
 def stationary_run(d, N, h, chains, burn, n_samples, spacing, beta=1.0, alpha=1.0, chart="layer", seed=0):
-    """Singular values (n_samples, C, d) after `burn` time units, then every `spacing`; and rank crossings."""
-    g = torch.Generator().manual_seed(seed)
-    scheme = RiemannianLangevin(WeightDecay(alpha), h, N, beta, generator=g, chart=chart)
-    # Start near the law's scale (c = beta alpha): X entries N(0, 0.5/c).
-    state = scheme.init_state(X=(0.5 / (beta * alpha)) ** 0.5 * torch.randn(chains, d, d, generator=g, dtype=torch.float64))
-    n_burn, n_space = round(burn / h), round(spacing / h)
-    for _ in range(n_burn):
-        state = scheme.step(state)
-    out = []
-    for _ in range(n_samples):
-        for _ in range(n_space):
-            state = scheme.step(state)
-        out.append(torch.linalg.svdvals(state.X))
-    return torch.stack(out), state.stats["rank_crossings"] / state.t
+    """Singular values (n_samples, C, d) after `burn` time units, then every `spacing`; and rank crossings per unit time."""
+    s, state = rle_stationary_samples(d, N, h, chains, burn, n_samples, spacing, beta=beta, alpha=alpha, chart=chart, seed=seed)
+    return s, state.stats["rank_crossings"] / state.t
 
 
 def report(d, N, h, args):

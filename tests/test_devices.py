@@ -13,12 +13,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlnsim.config import SCHEMES, load_config
+from dlnsim.builders import beta_of, build_energy, build_network, build_observer, build_scheme
+from dlnsim.config import load_config
+from dlnsim.dynamics import SCHEMES
 from dlnsim.manifold import check_point_on_manifold
-from dlnsim.runner import beta_of, build_energy, build_network, build_observer, build_scheme
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-STOCHASTIC = ("langevin_projected", "langevin_metropolis", "langevin_unprojected", "rle")
+STOCHASTIC = tuple(name for name, cls in SCHEMES.items() if cls.stochastic)
 STEPS = 50
 
 
@@ -33,7 +34,7 @@ def _run(scheme_name: str, device: str):
                 "steps": STEPS,
                 "ensemble": 4,
                 "seed": 3,
-                "beta": 2.0 if scheme_name in STOCHASTIC + ("free_energy_flow",) else None,
+                "beta": 2.0 if SCHEMES[scheme_name].needs_beta else None,
             },
             "observers": {"every": 10},
             "device": {"device": device},
@@ -61,7 +62,7 @@ def test_every_scheme_runs_on_the_device(scheme_name, device):
     for k, v in obs.items():
         assert v.device.type == device, k
         assert v.shape[0] == 4, k
-    if state.weights is not None and scheme_name in ("langevin_projected", "langevin_metropolis"):
+    if state.weights is not None and SCHEMES[scheme_name].on_manifold:
         ok, reason = check_point_on_manifold(state.weights, atol=1e-9)
         assert ok, reason
 

@@ -14,6 +14,7 @@ from dlnsim.energies import MatrixRegression, WeightDecay
 from dlnsim.gibbs import SingularValueLaw
 from dlnsim.manifold import check_point_on_manifold
 from dlnsim.network import balanced_weights, balancedness, random_orthogonal
+from dlnsim.problems import OBSERVABLE_NAMES, balanced_start, law_moments, singular_value_observables
 from dlnsim.stats import independent_chain_stderr, ks_test
 
 from conftest import DTYPE, make_generator
@@ -21,20 +22,15 @@ from conftest import DTYPE, make_generator
 
 def _start(d, N, B, gen, scale=1.0):
     """Balanced weights over X with i.i.d. N(0, scale^2) entries (a spread-out start)."""
-    return balanced_weights(scale * torch.randn(B, d, d, dtype=DTYPE, generator=gen), N, generator=gen)
+    return balanced_start(d, N, B, gen, scale, DTYPE)
 
 
 def _observables(state):
-    X = state.end_to_end()
-    s = torch.linalg.svdvals(X)
-    return torch.stack([s[:, 0], s[:, -1], (s * s).sum(-1), s.prod(-1)], dim=-1)  # s_max, s_min, |X|^2, |det X|
+    return singular_value_observables(state.end_to_end())  # s_max, s_min, |X|^2, |det X|
 
 
-OBS_NAMES = ("s_max", "s_min", "|X|^2", "|det X|")
-
-
-def _law_moments(law):
-    return law.moment(lambda s: torch.stack([s[:, 0], s[:, -1], (s * s).sum(-1), s.prod(-1)], dim=-1))
+OBS_NAMES = OBSERVABLE_NAMES
+_law_moments = law_moments
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@
 4. Stationarity: E = alpha/2 ||X||^2, d = 1, 2, N = 2, 3: moments within 4 standard errors of
    SingularValueLaw, KS p > 1e-3, and the same data rejects a wrong law.
 """
-import math
 
 import pytest
 import torch
@@ -29,6 +28,7 @@ from dlnsim.dynamics.rle import (
 )
 from dlnsim.geometry import SpectralFrame
 from dlnsim.gibbs import SingularValueLaw
+from dlnsim.problems import rle_stationary_samples
 from dlnsim.simulation import simulate
 from dlnsim.spectral import log_kernel
 from dlnsim.stats import independent_chain_stderr, ks_test, zscore
@@ -268,17 +268,7 @@ MOMENTS = {
 
 
 def _stationary_samples(d, N, h, chains, burn, n_samples, spacing, seed, chart="layer"):
-    g = torch.Generator().manual_seed(seed)
-    sch = RiemannianLangevin(WeightDecay(1.0), h, N, 1.0, generator=g, chart=chart)
-    st = sch.init_state(X=math.sqrt(0.5) * torch.randn(chains, d, d, generator=g))
-    for _ in range(round(burn / h)):
-        st = sch.step(st)
-    out = []
-    for _ in range(n_samples):
-        for _ in range(round(spacing / h)):
-            st = sch.step(st)
-        out.append(torch.linalg.svdvals(st.X))
-    return torch.stack(out), st
+    return rle_stationary_samples(d, N, h, chains, burn, n_samples, spacing, seed=seed, chart=chart)
 
 
 # Step sizes from the measured layer-chart bias (scripts/rle_stationary_long.py, 16000-100000

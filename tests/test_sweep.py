@@ -21,14 +21,9 @@ import yaml
 
 from dlnsim import cli
 from dlnsim.config import ConfigError
-from dlnsim.sweep import (
-    _minutes,
-    _PointJob,
-    _prepare_folder,
-    _submitit_parameters,
-    load_sweep,
-    read_manifest,
-)
+from dlnsim.sweep import load_sweep, prepare_folder, read_manifest
+from dlnsim.sweep.executors import PointJob, submitit_parameters
+from dlnsim.sweep.spec import minutes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,17 +93,17 @@ def test_executor_options_map_to_submitit_parameters():
         "kind": "slurm", "partition": "cpu", "time": "1:30:00", "cpus_per_task": 2, "gpus_per_node": 1,
         "mem_gb": 8, "array_parallelism": 5, "setup": ["module load python"],
         "slurm_additional_parameters": {"account": "dln"}}})
-    params = _submitit_parameters(sweep.executor, sweep.name)
+    params = submitit_parameters(sweep.executor, sweep.name)
     assert params == {"name": "dlnsim-sweep", "timeout_min": 90, "cpus_per_task": 2, "slurm_array_parallelism": 5,
                       "gpus_per_node": 1, "mem_gb": 8, "slurm_partition": "cpu", "slurm_setup": ["module load python"],
                       "slurm_additional_parameters": {"account": "dln"}}
     # sbatch --time forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM:SS
-    assert [_minutes(v) for v in (45, "45", "10:30", "2:00:00", "1-2", "1-00:00:30")] == [45, 45, 11, 120, 1560, 1441]
+    assert [minutes(v) for v in (45, "45", "10:30", "2:00:00", "1-2", "1-00:00:30")] == [45, 45, 11, 120, 1560, 1441]
 
 
 def test_slurm_job_script_has_the_executor_options(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit", reason="submitit is the optional cluster backend: pip install 'dlnsim[slurm]'")
-    from dlnsim.sweep import _submitit_executor
+    from dlnsim.sweep.executors import submitit_executor
 
     # submitit refuses to build a SLURM executor without srun on PATH; a stub stands in for it.
     bindir = tmp_path / "bin"
@@ -119,7 +114,7 @@ def test_slurm_job_script_has_the_executor_options(tmp_path, monkeypatch):
     sweep = load_sweep({"base": TINY_RLE, "axes": {"dynamics.seed": [1, 2]}, "executor": {
         "partition": "cpu", "time": 90, "mem_gb": 4, "array_parallelism": 3, "setup": ["source venv/bin/activate"],
         "slurm_additional_parameters": {"account": "dln"}}})
-    ex = _submitit_executor("slurm", str(tmp_path / "sw"), sweep.executor, sweep.name)
+    ex = submitit_executor("slurm", str(tmp_path / "sw"), sweep.executor, sweep.name)
     assert isinstance(ex, submitit.AutoExecutor)
     # the sbatch script submitit would submit (private helper: the only offline view of it)
     script = ex._executor._make_submission_file_text("python -m x", "uid")
@@ -128,8 +123,8 @@ def test_slurm_job_script_has_the_executor_options(tmp_path, monkeypatch):
         assert line in script
     # on a timeout submitit requeues the same task (run_point then resumes it from the folder)
     task = {"name": "000_seed=1"}
-    delayed = _PointJob().checkpoint(task)
-    assert isinstance(delayed.function, _PointJob) and delayed.args == (task,)
+    delayed = PointJob().checkpoint(task)
+    assert isinstance(delayed.function, PointJob) and delayed.args == (task,)
 
 
 def test_point_job_checkpoints_then_hands_the_cluster_signal_to_submitit(tmp_path, monkeypatch):
@@ -139,7 +134,7 @@ def test_point_job_checkpoints_then_hands_the_cluster_signal_to_submitit(tmp_pat
     base = dict(TINY_RLE, dynamics=dict(TINY_RLE["dynamics"], steps=100), output={"figures": False, "checkpoint_every": 1})
     sweep = load_sweep({"base": base, "axes": {"dynamics.beta": [1.0]}})
     sweep_dir = tmp_path / "sweep"
-    _prepare_folder(sweep, str(sweep_dir))
+    prepare_folder(sweep, str(sweep_dir))
     p = sweep.points[0]
     task = {"sweep_dir": str(sweep_dir), "name": p.name, "config": p.config, "threads": 1, "index": 0}
     ckpt = sweep_dir / "runs" / p.name / "checkpoint.pt"
@@ -156,14 +151,14 @@ def test_point_job_checkpoints_then_hands_the_cluster_signal_to_submitit(tmp_pat
     sender = threading.Thread(target=signal_when_checkpointed)
     sender.start()
     try:
-        state = _PointJob()(task)
+        state = PointJob()(task)
     finally:
         sender.join()
         signal.signal(signal.SIGUSR2, old)
     assert state["status"] == "interrupted" and state["checkpoint"]
     assert calls == [signal.SIGUSR2]
     monkeypatch.delenv("DLNSIM_TEST_STEP_SLEEP")
-    state = _PointJob()(task)  # the requeued job
+    state = PointJob()(task)  # the requeued job
     assert state["status"] == "completed" and state["attempts"] == 2
     meta = json.loads((sweep_dir / "runs" / p.name / "meta.json").read_text())
     assert len(meta["resumed"]) == 1 and meta["steps_done"] == 100

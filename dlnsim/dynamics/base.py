@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._checks import as_beta, check_beta
 from ..energies import Energy
+from ..options import ConfigError, check_options
 from ..network import end_to_end
 
 __all__ = ["State", "Scheme", "rk4_step", "check_beta", "as_beta", "dopri5_advance"]
@@ -50,41 +52,52 @@ class State:
         return cls(weights=d["weights"], X=d["X"], t=d["t"], step=d["step"], stats=dict(d["stats"]))
 
 
-def check_beta(beta) -> None:
-    """An inverse temperature is a positive finite number or a (B,) tensor of them (one per trajectory)."""
-    b = torch.as_tensor(beta)
-    if b.dim() > 1 or not bool(torch.isfinite(b).all()) or bool((b <= 0).any()):
-        raise ValueError(f"beta must be positive and finite (a number or a (B,) tensor), got {beta!r}")
-
-
-def as_beta(beta, ref: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-    """beta on ref's dtype/device, broadcastable against (B, d, d): a scalar or shape (B, 1, 1).
-
-    cache: a dict kept by the scheme, so that the host-to-device copy happens once per run rather
-    than at every step (a blocking copy on an accelerator).
-    """
-    key = (ref.dtype, ref.device)
-    if cache is not None and key in cache:
-        return cache[key]
-    b = torch.as_tensor(beta, dtype=ref.dtype, device=ref.device)
-    b = b.reshape(-1, 1, 1) if b.dim() == 1 else b
-    if cache is not None:
-        cache[key] = b
-    return b
-
-
 class Scheme:
     """Base class of integrators.
 
-    Class attributes say what a scheme is (as data, not by branching): `space` is "parameters" or
-    "end_to_end"; `stochastic` whether it draws noise; `stat_names` the per-trajectory counters
-    it maintains in state.stats.
+    Class attributes say what a scheme is (as data, not by branching); the run layer (config rules,
+    builders, observables, theory) reads them and nothing else:
+      name         its one name, the value of dynamics.scheme in a config;
+      space        "parameters" (state.weights) or "end_to_end" (state.X);
+      stochastic   draws noise (takes a generator);
+      needs_beta   takes an inverse temperature (dynamics.beta must be set);
+      square_only  the run layer requires square widths (the theory it is compared with is square);
+      on_manifold  moves on the balanced manifold (starts from a balanced point);
+      option_spec  {option: checker} of dynamics.options, checked by the config; {} takes none;
+                   None passes them to the constructor, which checks them;
+      stat_names   the per-trajectory counters it maintains in state.stats.
     """
 
     name: str = "scheme"
     space: str = "parameters"
     stochastic: bool = False
+    needs_beta: bool = False
+    square_only: bool = False
+    on_manifold: bool = False
+    option_spec: dict | None = {}
     stat_names: tuple[str, ...] = ()
+
+    @classmethod
+    def config_options(cls, options: dict, path: str = "dynamics.options") -> dict:
+        """dynamics.options checked against option_spec (ConfigError naming the key on a mistake)."""
+        if cls.option_spec is None:
+            return dict(options)
+        if not cls.option_spec and options:
+            raise ConfigError(f"{path}: scheme {cls.name!r} takes no options, got {sorted(options)}")
+        return check_options(options, cls.option_spec, path, f"scheme {cls.name!r}")
+
+    @classmethod
+    def from_config(cls, energy: Energy, step_size: float, depth: int, *, beta=None, generator=None,
+                    time_scale: str = "none", options: dict | None = None) -> "Scheme":
+        """The scheme from the run layer's values; keywords a scheme does not take are not passed."""
+        kw = dict(options or {})
+        if cls.space == "end_to_end":
+            kw.setdefault("time_scale", time_scale)
+        if cls.needs_beta:
+            kw["beta"] = beta
+        if cls.stochastic:
+            kw["generator"] = generator
+        return cls(energy, step_size, depth, **kw)
 
     def __init__(self, energy: Energy, step_size: float, depth: int):
         if not (isinstance(step_size, (int, float)) and step_size > 0 and step_size == step_size):

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from ..energies import Energy, LinearRegression, MatrixCompletion, MatrixRegression, SumEnergy, WeightDecay
+from ..energies import Energy
 from ..entropy import entropy_grad_singular_values
 from ..geometry import SpectralFrame
 from ..network import gradient_from_end_to_end, prefix_products
+from ..options import Choice, ConfigError, Int, Num
 from .base import Scheme, State, as_beta, check_beta, dopri5_advance, rk4_step
 
-__all__ = ["parameter_gradient", "descent_update", "GradientDescent", "GradientFlow", "EndToEndFlow", "TIME_SCALES", "FLOW_METHODS"]
+__all__ = ["parameter_gradient", "descent_update", "GradientDescent", "GradientFlow", "EndToEndFlow", "FreeEnergyFlow",
+           "TIME_SCALES", "FLOW_METHODS"]
 
 TIME_SCALES = ("none", "depth")
 FLOW_METHODS = ("rk4", "dopri5")
@@ -38,6 +40,16 @@ class _FlowIntegrator:
     starts from the standard starting-step heuristic (no step size carried between steps), so a
     step is a pure function of the state: checkpoint/resume and batch composition cannot change it.
     """
+
+    option_spec = {"method": Choice(FLOW_METHODS), "rtol": Num(gt=0), "atol": Num(gt=0), "max_substeps": Int(ge=1)}
+
+    @classmethod
+    def config_options(cls, options: dict, path: str = "dynamics.options") -> dict:
+        out = super().config_options(options, path)
+        extra = sorted(k for k in out if k != "method")
+        if extra and out.get("method", "rk4") != "dopri5":
+            raise ConfigError(f"{path}: {', '.join(extra)} apply to method: dopri5 only; add method: dopri5 or remove them")
+        return out
 
     def _set_method(self, method, rtol, atol, max_substeps) -> None:
         if method not in FLOW_METHODS:
@@ -135,12 +147,14 @@ def _descent_block(weights, energy, h, out=None):
 
 
 def _batch_free(energy: Energy) -> bool:
-    """True for the library energies whose data tensors have no batch dim: grad of a batch block
-    is then the block of grad. Unknown energies (CustomEnergy, subclasses) answer False."""
-    if type(energy) is SumEnergy:
-        return all(_batch_free(t) for t in energy.terms)
-    if type(energy) not in (MatrixRegression, LinearRegression, MatrixCompletion, WeightDecay):
+    """True when grad of a batch block is the block of grad: the energy's class declares it
+    (`Energy.batch_free`, read from the class itself, so a subclass must declare it again) and its
+    data tensors have no batch dim. Unknown energies (CustomEnergy, subclasses) answer False."""
+    if not type(energy).__dict__.get("batch_free", False):
         return False
+    terms = getattr(energy, "terms", None)
+    if terms is not None:
+        return all(_batch_free(t) for t in terms)
     return all(v.dim() <= 2 for v in vars(energy).values() if isinstance(v, torch.Tensor))
 
 
@@ -154,6 +168,7 @@ class GradientDescent(Scheme):
     """
 
     name = "gradient_descent"
+    option_spec: dict = {}  # `compile` is a Python-only option
 
     def __init__(self, energy: Energy, step_size: float, depth: int, *, compile: bool = False):
         super().__init__(energy, step_size, depth)
@@ -202,6 +217,7 @@ class EndToEndFlow(_FlowIntegrator, Scheme):
 
     name = "end_to_end_flow"
     space = "end_to_end"
+    square_only = True
 
     def __init__(self, energy: Energy, step_size: float, depth: int, time_scale: str = "none", beta=None, *,
                  method: str = "rk4", rtol: float | None = None, atol: float | None = None, max_substeps: int | None = None):
@@ -228,3 +244,19 @@ class EndToEndFlow(_FlowIntegrator, Scheme):
         state.t += self.step_size
         state.step += 1
         return state
+
+
+class FreeEnergyFlow(EndToEndFlow):
+    """dX/dt = -c A_{N,X}(grad F(X)), F = E - S/beta: EndToEndFlow with its entropic drift (beta required).
+
+    The noise-free free-energy flow (THEORY.md section 5; Chen, Kotwal & Menon 2512.06137); square
+    full-rank X.
+    """
+
+    name = "free_energy_flow"
+    needs_beta = True
+
+    def __init__(self, energy: Energy, step_size: float, depth: int, time_scale: str = "none", beta=None, **kw):
+        if beta is None:
+            raise ValueError("FreeEnergyFlow needs an inverse temperature beta (a positive number or (B,) tensor)")
+        super().__init__(energy, step_size, depth, time_scale, beta, **kw)

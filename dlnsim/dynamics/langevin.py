@@ -51,7 +51,7 @@ import torch
 from ..energies import Energy
 from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_frame
 from ..network import gradient_from_end_to_end, prefix_products
-from .base import Scheme, State, check_beta
+from .base import Scheme, State, as_beta, check_beta
 
 __all__ = ["ProjectedLangevin", "MetropolisLangevin", "UnprojectedLangevin"]
 
@@ -73,6 +73,8 @@ class _LangevinBase(Scheme):
 
     space = "parameters"
     stochastic = True
+    needs_beta = True
+    option_spec = None  # dynamics.options go to the constructor, which checks them against `options`
     options: dict = {}
 
     def __init__(
@@ -114,16 +116,15 @@ class _LangevinBase(Scheme):
 
     def _beta(self, ref: torch.Tensor) -> torch.Tensor:
         """beta as (B,) or () tensor on ref's dtype/device (copied to the device once per run)."""
-        key = (ref.dtype, ref.device)
-        if key not in self._beta_cache:
-            self._beta_cache[key] = self.beta.to(dtype=ref.dtype, device=ref.device)
-        return self._beta_cache[key]
+        return as_beta(self.beta, ref, self._beta_cache, trailing=0)
 
     def _noise(self, ref: torch.Tensor) -> torch.Tensor:
         return torch.randn(ref.shape, generator=self.generator, dtype=ref.dtype, device=ref.device)
 
 
 class _ManifoldLangevin(_LangevinBase):
+    square_only = True
+    on_manifold = True
     options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0, "solver": "auto"}
 
     def _check_options(self) -> None:
@@ -186,7 +187,7 @@ class ProjectedLangevin(_ManifoldLangevin):
     is large (superlinear drift at large |W|); use h well below 2 / (N alpha |W_p|^{2(N-1)}).
     """
 
-    name = "projected_langevin"
+    name = "langevin_projected"
     stat_names = ("steps", "projection_failures", "safeguard_rejections", "newton_iterations")
 
     def step(self, state: State) -> State:
@@ -223,7 +224,7 @@ class MetropolisLangevin(_ManifoldLangevin):
     factorisation per proposal).
     """
 
-    name = "metropolis_langevin"
+    name = "langevin_metropolis"
     options = {**_ManifoldLangevin.options, "reverse_tol": 1e-7}
     stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations")
 
@@ -305,7 +306,7 @@ class UnprojectedLangevin(_LangevinBase):
     balancedness G_p leaves 0 and drifts diffusively. Any widths.
     """
 
-    name = "unprojected_langevin"
+    name = "langevin_unprojected"
 
     def step(self, state: State) -> State:
         h = self.step_size

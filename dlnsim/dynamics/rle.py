@@ -277,9 +277,12 @@ class RiemannianLangevin(Scheme):
     the steps on which det X changed sign (the path crossed the rank-deficient set).
     """
 
-    name = "riemannian_langevin"
+    name = "rle"
     space = "end_to_end"
     stochastic = True
+    needs_beta = True
+    square_only = True
+    option_spec = None  # chart, time_scale: checked by the constructor
     stat_names = ("rank_crossings",)
 
     def __init__(

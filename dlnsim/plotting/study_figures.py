@@ -1,281 +1,29 @@
-"""Figures of a result folder: simulation against theory (matplotlib, Agg backend).
+"""Comparison figures of a study folder (study.figure): one figure over all variants' runs.
 
-Everything is drawn from the folder alone (config.yaml, meta.json, arrays.npz), so
-`dlnsim plot RUN_DIR` regenerates the figures of any run or study. Each figure is written as
-figures/<name>.png and .pdf (vector).
-
-Run figures (`plot_run`): singular values s_i(t) with theory curves (Saxe modes for aligned
-matrix regression, else the end-to-end flow integrated alongside), the loss E, balancedness drift
-max_p ||G_p(t) - G_p(0)||_F (log scale), the entropy S_formula(X) against S_measured(W), S, E and
-F = E - S/beta over time, and for Langevin runs with E = alpha/2 ||X||^2 (d <= 3) stationary
-histograms of s_max and s_min against the Gibbs law (dlnsim.gibbs.SingularValueLaw). Ensembles
-are drawn as the median and a 10-90% quantile band (individual lines when B <= 4); runs with a
-list of betas are drawn one colour per beta.
-
-Study figures (`plot_study`, kind from study.figure): saxe_modes, flows, entropy_init,
-stationary, free_energy, completion, overlay.
+`STUDY_FIGURES` is the registry: study.figure kind -> draw(variants) -> Figure, variants being
+[(label, config, arrays)]. Kinds: saxe_modes, flows, entropy_init, stationary, free_energy,
+completion, overlay (auto). A study figure that draws the end-to-end reference flow is declared
+in dlnsim.run_theory.STUDY_FIGURES_USING_REFERENCE, so that the runner integrates the flow for it.
 """
 from __future__ import annotations
 
 import os
 
 import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker  # noqa: F401
+import numpy as np
+import torch
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401
-import numpy as np  # noqa: E402
+from .. import results as R
+from ..energies import target_matrix
+from ..entropy import entropy_from_singular_values
+from ..geometry import SpectralFrame
+from .common import COLORS, STYLE, band, positive_or_nan, save_figure
+from .run_figures import hist_panels
 
-from . import results as R  # noqa: E402
-
-__all__ = ["plot_run", "plot_study", "plot_path", "band"]
-
-STYLE = {
-    "figure.dpi": 110,
-    "savefig.dpi": 110,
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "legend.fontsize": 7.5,
-    "legend.frameon": False,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "lines.linewidth": 1.4,
-    "savefig.bbox": "tight",
-    "pdf.fonttype": 42,
-}
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-QUANTILES = (0.1, 0.9)
-
-
-def _save(fig, run_dir: str, name: str, formats) -> list[str]:
-    folder = os.path.join(run_dir, R.FIGURES)
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = os.path.join(folder, f"{name}.{fmt}")
-        fig.savefig(path)
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
-def band(ax, t, Y, color, label=None, lines_below: int = 4, **kw):
-    """Ensemble Y (T, B) against t: the trajectories (B <= lines_below) or the median and a 10-90% band."""
-    Y = np.asarray(Y, dtype=float)
-    if Y.ndim == 1:
-        Y = Y[:, None]
-    if Y.shape[1] <= lines_below:
-        for b in range(Y.shape[1]):
-            ax.plot(t, Y[:, b], color=color, label=label if b == 0 else None, **kw)
-        return
-    with np.errstate(all="ignore"):
-        ok = np.isfinite(Y)
-        Yf = np.where(ok, Y, np.nan)
-        med = np.nanmedian(Yf, axis=1)
-        lo, hi = np.nanquantile(Yf, QUANTILES, axis=1)
-    ax.plot(t, med, color=color, label=label, **kw)
-    ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0)
-
-
-def _groups(arrays) -> list[tuple[str, np.ndarray]]:
-    """Trajectory index sets, one per beta of a multi-beta run (else one group)."""
-    B = arrays["loss"].shape[1]
-    if "beta" in arrays and len(np.unique(arrays["beta"])) > 1:
-        return [(rf"$\beta={b:g}$", np.flatnonzero(arrays["beta"] == b)) for b in np.unique(arrays["beta"])]
-    return [("", np.arange(B))]
-
-
-def _title(cfg) -> str:
-    net, dyn = cfg["network"], cfg["dynamics"]
-    beta = dyn["beta"]
-    b = "" if beta is None else rf", $\beta$={beta}"
-    return f"{dyn['scheme']}, N={net['depth']}, widths={net['widths']}, h={dyn['step_size']:g}, B={dyn['ensemble']}{b}"
-
-
-def _positive(y):
-    y = np.array(y, dtype=float)
-    y[~(y > 0)] = np.nan
-    return y
-
-
-# ---------------------------------------------------------------------------------------------
-# run figures
-# ---------------------------------------------------------------------------------------------
-
-
-def _fig_singular_values(cfg, a, ax=None):
-    own = ax is None
-    if own:
-        fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    t, S = a["t"], a["singular_values"]
-    groups = _groups(a)
-    for gi, (glabel, idx) in enumerate(groups):
-        for i in range(S.shape[2]):
-            color = COLORS[(i if len(groups) == 1 else gi) % len(COLORS)]
-            lab = (rf"$s_{i + 1}$ simulation" if len(groups) == 1 else (glabel if i == 0 else None))
-            band(ax, t, S[:, idx, i], color, lab)
-            if "reference_singular_values" in a and "saxe_singular_values" not in a:
-                ref = np.median(a["reference_singular_values"][:, idx, i], axis=1)
-                ax.plot(t, ref, color="k", ls="--", lw=0.9, label="end-to-end flow" if (i == 0 and gi == 0) else None)
-    if "saxe_singular_values" in a:
-        for i in range(a["saxe_singular_values"].shape[1]):
-            ax.plot(t, a["saxe_singular_values"][:, i], color="k", ls="--", lw=0.9,
-                    label="Saxe closed form" if i == 0 else None)
-    ax.set_xlabel("time $t$")
-    ax.set_ylabel("singular values $s_i(X)$")
-    ax.legend()
-    if own:
-        ax.set_title(_title(cfg))
-        return fig
-
-
-def _finish(fig, ax, cfg, ylabel: str):
-    """The common ending of a one-panel time plot: axis labels, the run's title, the legend."""
-    ax.set_xlabel("time $t$")
-    ax.set_ylabel(ylabel)
-    ax.set_title(_title(cfg))
-    ax.legend()
-    return fig
-
-
-def _fig_loss(cfg, a):
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for gi, (glabel, idx) in enumerate(_groups(a)):
-        band(ax, a["t"], a["loss"][:, idx], COLORS[gi % len(COLORS)], glabel or "$E(X(t))$")
-    if np.all(a["loss"] > 0):
-        ax.set_yscale("log")
-    return _finish(fig, ax, cfg, "loss $E(X)$")
-
-
-def _fig_balancedness(cfg, a):
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    drift = a["balancedness"].max(axis=2)
-    for gi, (glabel, idx) in enumerate(_groups(a)):
-        band(ax, a["t"][1:], _positive(drift[1:, idx]), COLORS[gi % len(COLORS)], glabel or r"$\max_p\|G_p(t)-G_p(0)\|_F$")
-    ax.set_yscale("log")
-    return _finish(fig, ax, cfg, r"balancedness drift $\max_p \|G_p(t) - G_p(0)\|_F$")
-
-
-def _fig_entropy(cfg, a):
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for gi, (glabel, idx) in enumerate(_groups(a)):
-        c = COLORS[gi % len(COLORS)]
-        band(ax, a["t"], a["entropy_formula"][:, idx], c, rf"$S_{{formula}}(X)$ {glabel}")
-        if "entropy_measured" in a:
-            sub = max(1, len(a["t"]) // 25)
-            med = np.nanmedian(np.where(np.isfinite(a["entropy_measured"]), a["entropy_measured"], np.nan)[:, idx], axis=1)
-            ax.plot(a["t"][::sub], med[::sub], "o", color=c, mfc="none", ms=4, label=rf"$S_{{measured}}(W)$ {glabel}")
-    return _finish(fig, ax, cfg, "entropy $S$ (log-volume of the orbit)")
-
-
-def _fig_thermo(cfg, a):
-    keys = [("loss", "energy $E$"), ("entropy_formula", "entropy $S$")]
-    if "free_energy" in a:
-        keys.append(("free_energy", r"free energy $F = E - S/\beta$"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), squeeze=False)
-    for ax, (k, lab) in zip(axes[0], keys):
-        for gi, (glabel, idx) in enumerate(_groups(a)):
-            band(ax, a["t"], a[k][:, idx], COLORS[gi % len(COLORS)], glabel or None)
-        ax.set_xlabel("time $t$")
-        ax.set_ylabel(lab)
-    if len(_groups(a)) > 1:
-        axes[0][0].legend()
-    fig.suptitle(_title(cfg), fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def gibbs_setting(cfg) -> bool:
-    """Does the run sample a Gibbs law we can draw: Langevin/RLE, E = alpha/2 ||X||^2, square d <= 3?"""
-    from .config import STOCHASTIC_SCHEMES
-
-    w = cfg["network"]["widths"]
-    return (cfg["energy"]["type"] == "weight_decay" and cfg["dynamics"]["scheme"] in STOCHASTIC_SCHEMES
-            and all(x == w[0] for x in w) and w[0] <= 3 and cfg["dynamics"]["beta"] is not None)
-
-
-def _pooled(a, idx, frac: float = 0.5):
-    """Singular values (samples, d) of trajectories idx over the last `frac` of the save points."""
-    S = a["singular_values"]
-    start = int(len(a["t"]) * (1 - frac))
-    out = S[start:, idx, :].reshape(-1, S.shape[2])
-    return out[np.all(np.isfinite(out), axis=1)]
-
-
-def _law(cfg, beta):
-    from .gibbs import SingularValueLaw
-
-    return SingularValueLaw(cfg["network"]["depth"], float(beta), cfg["energy"]["alpha"], cfg["network"]["widths"][0])
-
-
-def _hist_panels(axes, runs, cfg_theory, betas):
-    """Histograms of s_max (and s_min) for runs [(label, cfg, arrays, idx)] against the Gibbs law(s).
-
-    Drawn in the layer variable u = s^{1/N} (the singular values of each W_p on the balanced
-    manifold): the density of s has an integrable s^{-(N-1)/N} singularity at 0 that dwarfs the
-    rest of the curve, while that of u is bounded, p_u(u) = p_s(u^N) N u^{N-1}.
-    """
-    import torch
-
-    d, N = cfg_theory["network"]["widths"][0], cfg_theory["network"]["depth"]
-    for which, ax in zip(("max", "min"), axes):
-        hi = 0.0
-        for k, (label, cfg, a, idx) in enumerate(runs):
-            u = _pooled(a, idx)[:, 0 if which == "max" else -1] ** (1.0 / N)
-            hi = max(hi, np.quantile(u, 0.999)) if u.size else hi
-            ax.hist(u, bins=40, density=True, histtype="step",
-                    color=COLORS[k % len(COLORS)], lw=1.2, label=f"{label} ({u.size} samples)")
-        x = np.linspace(1e-6, hi * 1.05 + 1e-9, 300)
-        for bi, beta in enumerate(betas):
-            law = _law(cfg_theory, beta)
-            pdf_s = (law.pdf_max if which == "max" else law.pdf_min)(torch.tensor(x**N)).numpy()
-            ax.plot(x, pdf_s * N * x ** (N - 1), color="k", ls="-" if bi == 0 else ":", lw=1.1,
-                    label=r"Gibbs law $e^{-\beta E + S}\,d\mathrm{vol}_g$" + (rf" $\beta={beta:g}$" if len(betas) > 1 else ""))
-        sym = rf"s_{{\{which}}}" if d > 1 else "s"
-        ax.set_xlabel(rf"${sym}^{{1/N}}$ (N = {N})")
-        ax.set_ylabel("density")
-        ax.legend()
-        if d == 1:
-            break
-
-
-def _fig_stationary(cfg, a):
-    d = cfg["network"]["widths"][0]
-    groups = _groups(a)
-    fig, axes = plt.subplots(len(groups), 1 if d == 1 else 2, figsize=(3.4 * (1 if d == 1 else 2), 3.0 * len(groups)),
-                             squeeze=False)
-    betas = np.atleast_1d(a["beta"])
-    for gi, (glabel, idx) in enumerate(groups):
-        _hist_panels(axes[gi], [(f"{cfg['dynamics']['scheme']} {glabel}", cfg, a, idx)], cfg, [float(betas[idx[0]])])
-    fig.suptitle(_title(cfg) + "\nstationary law of the singular values (last half of the run)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plot_run(run_dir: str, formats=("png", "pdf")) -> list[str]:
-    """Draw every figure that applies to the run in run_dir; returns the written paths."""
-    with plt.rc_context(STYLE):
-        cfg, a = R.read_config(run_dir), R.read_arrays(run_dir)
-        if len(a["t"]) == 0 or "loss" not in a:
-            return []
-        out = []
-        if "singular_values" in a:
-            out += _save(_fig_singular_values(cfg, a), run_dir, "singular_values", formats)
-        out += _save(_fig_loss(cfg, a), run_dir, "loss", formats)
-        if "balancedness" in a and a["balancedness"].shape[-1] > 0 and len(a["t"]) > 1:
-            out += _save(_fig_balancedness(cfg, a), run_dir, "balancedness", formats)
-        if "entropy_formula" in a:
-            out += _save(_fig_entropy(cfg, a), run_dir, "entropy", formats)
-            out += _save(_fig_thermo(cfg, a), run_dir, "thermodynamics", formats)
-        if gibbs_setting(cfg) and "singular_values" in a:
-            out += _save(_fig_stationary(cfg, a), run_dir, "stationary", formats)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# study figures
-# ---------------------------------------------------------------------------------------------
+__all__ = ["STUDY_FIGURES", "plot_study"]
 
 
 def _variants(study_dir):
@@ -350,7 +98,7 @@ def _fig_flows(vs):
     for k, (lb, c, a) in enumerate(gd + other):
         if "balancedness" not in a:
             continue
-        band(ax, a["t"][1:], _positive(a["balancedness"].max(axis=2)[1:]), COLORS[k % len(COLORS)],
+        band(ax, a["t"][1:], positive_or_nan(a["balancedness"].max(axis=2)[1:]), COLORS[k % len(COLORS)],
              f"{c['dynamics']['scheme'].replace('_', ' ')} h={c['dynamics']['step_size']:g}")
     ax.set_yscale("log")
     ax.set_xlabel("time $t$")
@@ -383,7 +131,7 @@ def _fig_entropy_init(vs):
         if "entropy_measured" in a:
             band(axes[0], a["t"], a["entropy_measured"], col, rf"{lb}: $S_{{measured}}(W)$", ls="--")
             gap = np.abs(a["entropy_measured"] - a["entropy_formula"])
-            band(axes[1], a["t"], _positive(gap), col, lb)
+            band(axes[1], a["t"], positive_or_nan(gap), col, lb)
     axes[0].set_xlabel("time $t$")
     axes[0].set_ylabel("entropy $S$")
     axes[0].legend()
@@ -402,7 +150,7 @@ def _fig_stationary_study(vs):
     fig, axes = plt.subplots(1, 1 if d == 1 else 2, figsize=(4.0 * (1 if d == 1 else 2), 3.4), squeeze=False)
     runs = [(lb, c, a, np.arange(a["loss"].shape[1])) for lb, c, a in vs]
     beta = cfg0["dynamics"]["beta"]
-    _hist_panels(axes[0], runs, cfg0, [beta[0] if isinstance(beta, list) else beta])
+    hist_panels(axes[0], runs, cfg0, [beta[0] if isinstance(beta, list) else beta])
     fig.suptitle(
         rf"Stationary singular values, $E=\frac{{\alpha}}{{2}}\|X\|^2$, N = {cfg0['network']['depth']}, d = {d}, "
         rf"$\beta$ = {beta}, $\alpha$ = {cfg0['energy']['alpha']:g}", fontsize=9)
@@ -435,7 +183,6 @@ def _fig_free_energy(vs):
                 ax.set_xlabel("time $t$")
                 ax.set_ylabel(ylab)
         n_stoch += not flow
-    from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=cmap[b], lw=2, label=rf"$\beta = {b:g}$") for b in betas]
     handles += [Line2D([], [], color="0.3", ls=st, label=f"{lb} ({sch})") for lb, st, sch in styles]
@@ -450,11 +197,6 @@ def _solution_plane(depth, x11, x22, lim, n=241):
     """On the plane X = [[x11, a], [b, x22]], a, b in [-lim, lim] (the solutions when the diagonal is
     observed): the grid g, the entropy S(X) and the log-volume density of the plane in the metric g^N,
     1/2 log det [g^N(E_a, E_b)]_{a,b in {12, 21}}, g^N(Z, Z') = tr(Z^T A^{-1}(Z')). Both (n, n), rows b."""
-    import torch
-
-    from .entropy import entropy_from_singular_values
-    from .geometry import SpectralFrame
-
     g = np.linspace(-lim, lim, n)
     A, Bm = np.meshgrid(g, g, indexing="xy")
     X = torch.zeros(n, n, 2, 2, dtype=torch.float64)
@@ -538,9 +280,7 @@ def _fig_completion(vs):
 
 
 def _target(cfg):
-    from .runner import energy_target
-
-    return energy_target(cfg).numpy()
+    return target_matrix(cfg["energy"], cfg["network"]["widths"]).numpy()
 
 
 def _fig_overlay(vs):
@@ -562,7 +302,7 @@ def _fig_overlay(vs):
     return fig
 
 
-_STUDY_FIGURES = {
+STUDY_FIGURES = {
     "saxe_modes": _fig_saxe_modes,
     "flows": _fig_flows,
     "entropy_init": _fig_entropy_init,
@@ -582,19 +322,4 @@ def plot_study(study_dir: str, formats=("png", "pdf")) -> list[str]:
         vs = _variants(study_dir)
         if not vs:
             return []
-        return _save(_STUDY_FIGURES[kind](vs), study_dir, kind, formats)
-
-
-def plot_path(path: str, formats=None) -> list[str]:
-    """Figures of a run or study folder (formats default to the folder's output.formats)."""
-    meta = R.read_meta(path)
-    cfg = R.read_config(path)
-    formats = formats or cfg["output"]["formats"]
-    if meta.get("study"):
-        out = []
-        for v in cfg["study"]["variants"]:
-            d = os.path.join(path, R.RUNS, v["label"])
-            if os.path.exists(os.path.join(d, R.ARRAYS)):
-                out += plot_run(d, formats)
-        return plot_study(path, formats) + out
-    return plot_run(path, formats)
+        return save_figure(STUDY_FIGURES[kind](vs), study_dir, kind, formats)

@@ -1,0 +1,147 @@
+"""Which theory applies to a run, and its curves: the one place figures, sweeps and config ask.
+
+A run (a resolved config) can be put next to three kinds of theory:
+
+- the Saxe closed form (`saxe_setting`, `saxe_reference`): E = 1/2 ||X - Phi||^2, a balanced start
+  aligned with Phi, a deterministic gradient scheme; every singular value follows
+  du/dt = N u^{2(N-1)/N} (lambda - u) (dlnsim.theory.saxe_mode), in time t/N with time_scale: depth;
+- the end-to-end reference flow (`reference_flow_applies`, `wants_reference_flow`): the flow
+  dX/dt = -A_{N,X}(grad E) integrated from the run's X(0) next to a deterministic parameter-space
+  scheme with square widths (THEORY.md section 3); recorded as reference_singular_values and
+  reference_distance. It costs about one more run of an end-to-end flow (2.5-7x a gradient step),
+  so with dynamics.theory: auto it is integrated only when something uses it: a per-run singular-
+  value figure without a Saxe curve, a study figure that draws it (`STUDY_FIGURES_USING_REFERENCE`),
+  both only with output.figures on, or observers.include naming reference_distance; theory: true
+  always integrates it, false never;
+- the Gibbs law exp(-beta E + S) dvol_{g^N} (`gibbs_setting`, `gibbs_law`): stochastic schemes with
+  E = alpha/2 ||X||^2, square d <= 3 (dlnsim.gibbs.SingularValueLaw, by quadrature).
+
+Each answer is a function of the config alone (no arrays), so config validation, the runner, the
+figures and the sweep summaries agree by construction.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .dynamics import SCHEMES
+from .energies import target_matrix
+from .gibbs import SingularValueLaw
+from .theory import saxe_mode
+
+__all__ = [
+    "initial_spectrum",
+    "saxe_setting",
+    "saxe_reference",
+    "reference_flow_applies",
+    "wants_reference_flow",
+    "STUDY_FIGURES_USING_REFERENCE",
+    "gibbs_setting",
+    "gibbs_law",
+    "theory_arrays",
+]
+
+# Largest width d for which the Gibbs law of the singular values is computed by quadrature.
+GIBBS_MAX_WIDTH = 3
+
+
+def _square(cfg: dict) -> bool:
+    w = cfg["network"]["widths"]
+    return all(x == w[0] for x in w)
+
+
+def initial_spectrum(cfg: dict) -> torch.Tensor:
+    """Singular values (d,) of a balanced X(0): network.spectrum, or all equal to network.scale."""
+    net = cfg["network"]
+    if net["spectrum"] is not None:
+        return torch.tensor(net["spectrum"], dtype=torch.float64)
+    return torch.full((net["widths"][0],), float(net["scale"]), dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saxe closed form
+# ---------------------------------------------------------------------------------------------
+
+
+def saxe_setting(cfg: dict) -> bool:
+    """Is the run in the setting of the closed-form Saxe modes: matrix regression, a balanced start
+    aligned with the target, a deterministic gradient scheme without entropic drift?"""
+    net, scheme = cfg["network"], SCHEMES[cfg["dynamics"]["scheme"]]
+    return (cfg["energy"]["type"] == "matrix_regression" and net["init"] == "balanced" and net["target"] == "aligned"
+            and not scheme.stochastic and not scheme.needs_beta)
+
+
+def saxe_reference(cfg: dict, t: np.ndarray) -> np.ndarray | None:
+    """Closed-form singular values (T, r) (Saxe modes, descending) at times t, or None outside saxe_setting."""
+    if not saxe_setting(cfg):
+        return None
+    net, dyn = cfg["network"], cfg["dynamics"]
+    lam = torch.linalg.svdvals(target_matrix(cfg["energy"], net["widths"]))
+    N = net["depth"]
+    scale = 1.0 / N if dyn["time_scale"] == "depth" else 1.0
+    tt = torch.as_tensor(t, dtype=torch.float64).unsqueeze(-1) * scale
+    u = saxe_mode(tt, lam, initial_spectrum(cfg), N)
+    return u.sort(dim=-1, descending=True).values.numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# the end-to-end reference flow
+# ---------------------------------------------------------------------------------------------
+
+# Study figures (study.figure) that draw reference_singular_values, and for which variants.
+STUDY_FIGURES_USING_REFERENCE = {"flows": lambda cfg: cfg["dynamics"]["scheme"] != "gradient_descent"}
+
+
+def reference_flow_applies(cfg: dict) -> bool:
+    """Can the end-to-end flow be integrated next to this run: a deterministic parameter-space
+    scheme without entropic drift, square widths (dynamics.theory: true is refused otherwise)."""
+    scheme = SCHEMES[cfg["dynamics"]["scheme"]]
+    return (scheme.space == "parameters" and not scheme.stochastic and not scheme.needs_beta and _square(cfg)
+            and len(cfg["network"]["widths"]) > 1)
+
+
+def wants_reference_flow(cfg: dict, study_figure: str | None = None) -> bool:
+    """Is the reference flow integrated for this run? study_figure: the study's figure kind when the
+    run is a variant of a study (its own figures are not drawn), else None."""
+    theory = cfg["dynamics"]["theory"]
+    if theory == "false" or not reference_flow_applies(cfg):
+        return False
+    if theory == "true":
+        return True
+    include = cfg["observers"]["include"]
+    if include is not None and "reference_distance" in include:
+        return True
+    if not cfg["output"]["figures"]:
+        return False
+    if study_figure is not None:
+        uses = STUDY_FIGURES_USING_REFERENCE.get(study_figure)
+        return uses is not None and uses(cfg)
+    return not saxe_setting(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Gibbs law
+# ---------------------------------------------------------------------------------------------
+
+
+def gibbs_setting(cfg: dict) -> bool:
+    """Does the run sample a Gibbs law we can draw: a stochastic scheme, E = alpha/2 ||X||^2, square d <= 3?"""
+    w = cfg["network"]["widths"]
+    return (cfg["energy"]["type"] == "weight_decay" and SCHEMES[cfg["dynamics"]["scheme"]].stochastic
+            and _square(cfg) and w[0] <= GIBBS_MAX_WIDTH and cfg["dynamics"]["beta"] is not None)
+
+
+def gibbs_law(cfg: dict, beta: float):
+    """The stationary law of the singular values at inverse temperature beta (gibbs_setting(cfg) runs)."""
+    return SingularValueLaw(cfg["network"]["depth"], float(beta), cfg["energy"]["alpha"], cfg["network"]["widths"][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# theory arrays of a result folder
+# ---------------------------------------------------------------------------------------------
+
+
+def theory_arrays(cfg: dict, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Closed-form curves written next to the simulated arrays: saxe_singular_values (T, r) when it applies."""
+    saxe = saxe_reference(cfg, t) if len(t) else None
+    return {} if saxe is None else {"saxe_singular_values": saxe}
