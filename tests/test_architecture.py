@@ -6,10 +6,11 @@ a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle
     1 kernels      spectral, stats
-    2 mathematics  geometry, entropy, network, theory, gibbs, manifold
-    3 energies     energies
+    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, metrics, baselines
+    3 energies     energies, tasks (targets, masks, data of implicit-regularization studies)
     4 dynamics     dynamics.*
-    5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts)
+    5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts),
+                   gradient_noise
     6 run inputs   config, results, builders
     7 run outputs  plotting.*, runner
     8 sweeps       sweep.*, sweep_plots
@@ -29,10 +30,10 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle"],
     ["spectral", "stats"],
-    ["geometry", "entropy", "network", "theory", "gibbs", "manifold"],
-    ["energies"],
+    ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "metrics", "baselines"],
+    ["energies", "tasks"],
     ["dynamics"],
-    ["observe", "simulation", "run_theory", "problems"],
+    ["observe", "simulation", "run_theory", "problems", "gradient_noise"],
     ["config", "results", "builders"],
     ["plotting", "runner"],
     ["sweep", "sweep_plots"],
