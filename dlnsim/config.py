@@ -122,11 +122,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
                         Choice(("none", "depth"))),
         "theory": O("auto", "integrate the end-to-end flow alongside deterministic parameter schemes with square widths (reference_* arrays): auto (only when a figure or observers.include uses it) | true | false",
                     Choice(("auto", "true", "false"))),
-        "options": O({}, "extra keyword options of the scheme class: Langevin safeguards; for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step)", Mapping()),
+        "options": O({}, "extra keyword options of the scheme class: Langevin safeguards; for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step); for sgd: batch_size (null: full batch), replacement, label_noise, weight_decay, momentum, schedule (constant | step | cosine) with warmup_steps, step_every, gamma, total_steps, min_factor", Mapping()),
     },
     "observers": {
         "every": O(None, "save every k steps (null: about 200 save points)", Int(ge=1, nullable=True)),
-        "include": O(None, "observables to record (null: all that apply, except X; loss is always recorded): " + ", ".join(OBSERVABLES),
+        "include": O(None, "observables to record (null: all that apply, except "
+                   + ", ".join(k for k, o in OBSERVABLES.items() if not o.default)
+                   + "; loss is always recorded): " + ", ".join(OBSERVABLES),
                      NameList(tuple(OBSERVABLES))),
         "entropy_measured": O("auto", f"record S_measured (Gram determinant): auto (when (N-1)d(d-1)/2 <= {ENTROPY_MEASURED_AUTO_MAX}) | true | false; overrides include",
                               Choice(("auto", "true", "false"))),

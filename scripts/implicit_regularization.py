@@ -1,14 +1,10 @@
 """Implicit-regularization reproductions with dlnsim's Python API (issue 12, section 4).
 
-    python scripts/implicit_regularization.py razin-cohen [--out results/showcase]
     python scripts/implicit_regularization.py arora [--size 30 --rank 2 --seeds 2]
     python scripts/implicit_regularization.py noise
     python scripts/implicit_regularization.py varre
 
-razin-cohen: Razin & Cohen (NeurIPS 2020, arXiv 2005.06398), 2 x 2 completion with w12 = w21 = 1,
-    w22 = 0 observed, depth 3, balanced start X(0) = alpha I (det > 0), gradient flow (adaptive DOPRI5):
-    |w11| and every norm grow without bound while the effective rank tends to 1 and det X stays > 0.
-    The minimum nuclear norm completion (x = 0, ||X||_* = 2) is drawn for contrast.
+(Razin & Cohen's 2 x 2 example is a config: `dlnsim run configs/razin_cohen.yaml`.)
 arora: Arora, Cohen, Hu & Luo (NeurIPS 2019, arXiv 1905.13655), reconstruction error of a rank-r
     d x d matrix against the number of observed entries, for depth 2, 3, 4 (gradient descent from a
     small Gaussian init, one random mask per trajectory: the whole sweep is one ensemble per depth)
@@ -37,72 +33,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from dlnsim.baselines import min_nuclear_norm_completion  # noqa: E402
-from dlnsim.dynamics import GradientDescent, GradientFlow  # noqa: E402
+from dlnsim.dynamics import GradientDescent  # noqa: E402
 from dlnsim.energies import MatrixCompletion  # noqa: E402
 from dlnsim.metrics import (  # noqa: E402
     completion_errors,
     regression_errors,
     effective_rank,
-    frobenius_norm,
-    nuclear_norm,
-    spectral_norm,
 )
-from dlnsim.network import DeepLinearNetwork, balanced_weights  # noqa: E402
+from dlnsim.network import DeepLinearNetwork  # noqa: E402
 from dlnsim.tasks import low_rank_target, random_mask  # noqa: E402
 
 DTYPE = torch.float64
-
-
-def razin_cohen(out: Path, t_end: float = 300.0, alpha: float = 1e-2) -> dict:
-    obs = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=DTYPE)
-    M = torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=DTYPE)
-    E = MatrixCompletion(obs, M)
-    X0 = alpha * torch.eye(2, dtype=DTYPE).expand(1, 2, 2)
-    ws = balanced_weights(X0, 3, torch.Generator().manual_seed(0))
-    h = 0.5
-    scheme = GradientFlow(E, h, 3, method="dopri5", rtol=1e-8, atol=1e-12)
-    state = scheme.init_state(ws)
-    rec = {k: [] for k in ("t", "w11", "loss", "erank", "nuclear", "frobenius", "spectral", "det")}
-    t0 = time.perf_counter()
-    n = int(round(t_end / h))
-    for k in range(n + 1):
-        if k:
-            state = scheme.step(state)
-        X = state.end_to_end()
-        for key, v in (("t", state.t), ("w11", X[0, 0, 0].abs()), ("loss", E.value(X)[0]), ("erank", effective_rank(X)[0]),
-                       ("nuclear", nuclear_norm(X)[0]), ("frobenius", frobenius_norm(X)[0]),
-                       ("spectral", spectral_norm(X)[0]), ("det", torch.linalg.det(X)[0])):
-            rec[key].append(float(v))
-    wall = time.perf_counter() - t0
-    base = min_nuclear_norm_completion(obs, M, tol=1e-12)
-
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2))
-    t = rec["t"][1:]
-    for key, lab in (("w11", "|w11|"), ("nuclear", "nuclear norm"), ("frobenius", "Frobenius norm"), ("spectral", "spectral norm")):
-        ax[0].loglog(t, rec[key][1:], label=lab)
-    ax[0].axhline(float(base.nuclear_norm), color="k", ls=":", label="min nuclear norm completion (= 2, w11 = 0)")
-    ax[0].set_xlabel("t")
-    ax[0].set_title("norms grow without bound")
-    ax[0].legend(fontsize=8, loc="upper left")
-    ax[1].semilogx(t, [e - 1 for e in rec["erank"][1:]])
-    ax[1].set_yscale("log")
-    ax[1].set_xlabel("t")
-    ax[1].set_title("effective rank - 1 -> 0")
-    ax[2].loglog(t, rec["loss"][1:], label="loss E")
-    ax[2].loglog(t, rec["det"][1:], label="det X (> 0 throughout)")
-    ax[2].set_xlabel("t")
-    ax[2].legend(fontsize=8)
-    ax[2].set_title("loss -> 0 only as |w11| -> infinity")
-    fig.suptitle(
-        f"Razin & Cohen 2x2 completion (w12 = w21 = 1, w22 = 0 observed): depth 3, balanced X(0) = {alpha:g} I (det > 0),\n"
-        "gradient flow (DOPRI5, rtol 1e-8). No closed form applies; dotted: the nuclear-norm baseline.", fontsize=9)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "razin_cohen.png", dpi=110)
-    plt.close(fig)
-    res = {k: rec[k][-1] for k in rec}
-    res["wall_s"] = wall
-    return res
 
 
 def arora(out: Path, size: int = 30, rank: int = 2, seeds: int = 2, counts=None, std: float = 5e-3,
@@ -298,22 +239,17 @@ def varre(out: Path, d: int = 5, hidden: int = 10, teacher_rank: int = 2, n: int
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("razin-cohen", "arora", "noise", "varre"))
+    ap.add_argument("what", choices=("arora", "noise", "varre"))
     ap.add_argument("--out", default="results/showcase")
     ap.add_argument("--size", type=int, default=30)
     ap.add_argument("--rank", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30000)
     ap.add_argument("--std", type=float, default=5e-3)
-    ap.add_argument("--t-end", type=float, default=300.0)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(a.out)
-    if a.what == "razin-cohen":
-        r = razin_cohen(out, t_end=a.t_end)
-        print("t      |w11|     loss       erank-1    nuclear   det       wall_s")
-        print(f"{r['t']:<6g} {r['w11']:<9.4g} {r['loss']:<10.3g} {r['erank'] - 1:<10.3g} {r['nuclear']:<9.4g} {r['det']:<9.3g} {r['wall_s']:.1f}")
-    elif a.what == "varre":
+    if a.what == "varre":
         r = varre(out)
         print(f"{'scheme':<36} {'t':>6} {'erank W1':>9} {'erank W2':>9} {'erank X':>8} {'|W|^2':>7} {'||G||':>8} {'test':>9}")
         for k, v in r["final"].items():

@@ -26,6 +26,7 @@ SCHEMES: dict[str, type[Scheme]] = {
         MetropolisLangevin,
         UnprojectedLangevin,
         RiemannianLangevin,
+        SGD,
     )
 }
 

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 
 from ..energies import Energy, LinearRegression, MatrixCompletion, SumEnergy
+from ..options import Bool, Choice, Int, Num, fail
 from ..network import gradient_from_end_to_end, prefix_products
 from .base import Scheme, State
 
@@ -304,9 +305,19 @@ def make_sampler(energy: Energy, batch_size: int | None, replacement: bool = Tru
     if isinstance(energy, LinearRegression):
         return RegressionSampler(energy, batch_size, replacement, label_noise)
     raise ValueError(
-        f"minibatch SGD needs an energy made of samples (matrix_completion or linear_regression), got {type(energy).__name__}; "
-        "use gradient_descent for other energies"
+        f"minibatch SGD needs an energy made of samples (energy.type: matrix_completion or linear_regression), got "
+        f"{type(energy).__name__}; use gradient_descent for other energies"
     )
+
+
+def _momentum(v, path):
+    x = Num(ge=0)(v, path)
+    if not x < 1:
+        fail(path, f"must be < 1 (heavy-ball momentum mu in [0, 1)), got {v!r}")
+    return x
+
+
+_SCHEDULE_KEYS = ("warmup_steps", "step_every", "gamma", "total_steps", "min_factor")
 
 
 class SGD(Scheme):
@@ -324,6 +335,36 @@ class SGD(Scheme):
     name = "sgd"
     space = "parameters"
     stochastic = True
+    # dynamics.options of the config; schedule is the kind, its parameters are options of their own
+    option_spec = {
+        "batch_size": Int(ge=1, nullable=True, hint="samples per step; null: full batch"),
+        "replacement": Bool(),
+        "label_noise": Num(ge=0, hint="std of the fresh label noise"),
+        "weight_decay": Num(ge=0, hint="lambda in lambda/2 sum_p ||W_p||^2"),
+        "momentum": _momentum,
+        "schedule": Choice(SCHEDULES),
+        "warmup_steps": Int(ge=0),
+        "step_every": Int(ge=1),
+        "gamma": Num(gt=0),
+        "total_steps": Int(ge=1),
+        "min_factor": Num(ge=0),
+    }
+
+    @classmethod
+    def config_options(cls, options: dict, path: str = "dynamics.options") -> dict:
+        out = super().config_options(options, path)
+        try:  # the schedule's own rules (step needs step_every, cosine total_steps, ...), named by key
+            LRSchedule.of({"kind": out.get("schedule", "constant"), **{k: out[k] for k in _SCHEDULE_KEYS if k in out}})
+        except ValueError as e:
+            fail(f"{path}.schedule", str(e))
+        return out
+
+    @classmethod
+    def from_config(cls, energy, step_size, depth, *, beta=None, generator=None, time_scale="none", options=None):
+        kw = dict(options or {})
+        sched = {k: kw.pop(k) for k in _SCHEDULE_KEYS if k in kw}
+        kind = kw.pop("schedule", "constant")
+        return cls(energy, step_size, depth, generator=generator, schedule={"kind": kind, **sched}, **kw)
 
     def __init__(self, energy: Energy, step_size: float, depth: int, *, batch_size: int | None = None,
                  replacement: bool = True, label_noise: float = 0.0, weight_decay: float = 0.0,
