@@ -98,7 +98,7 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
             if w.shape[0] not in (1, B):
                 raise ConfigError(f"network.file: W_{p} has batch {w.shape[0]}, the run has {B} trajectories (give 1 or {B})")
         return DeepLinearNetwork.from_weights([w.expand(B, -1, -1) for w in ws], requires_grad=False)
-    kw = {}
+    kw = {} if net["std"] is None else {"std": net["std"]}
     if net["init"] == "balanced":
         kw = dict(target=_initial_X(cfg, B, generator, device, dtype), spectrum=net["spectrum"])
     return DeepLinearNetwork(net["widths"], B, net["init"], net["scale"], dtype=dtype, device=device, generator=generator, **kw)

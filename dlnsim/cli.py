@@ -27,6 +27,7 @@ from .builders import batch_size
 from .config import ConfigError, load_config, variant_configs
 from .lifecycle import Status
 from .results import ARRAYS, META, read_meta
+from .run_theory import undefined_theory
 from .runner import resume, run
 
 __all__ = ["main", "build_parser"]
@@ -95,6 +96,9 @@ def _cmd_run(args) -> int:
             # A modified run is not the showcase: keep the curated figure unless asked explicitly.
             overrides.append(("output.showcase", None))
         cfg = load_config(args.config, overrides)
+        note = undefined_theory(cfg)
+        if note and not args.quiet:
+            print(f"dlnsim: note: {note}", file=sys.stderr)
         out = run(cfg, args.out, quiet=args.quiet)
     if out.status in (Status.FAILED, Status.DIVERGED) and out.message:
         print(f"dlnsim: error: {out.message} ({out.run_dir})", file=sys.stderr)
@@ -132,6 +136,9 @@ def _cmd_validate(args) -> int:
         print(f"ok: {args.config} [{label}]: {d['scheme']}, widths {n['widths']}, init {n['init']}, energy "
               f"{c['energy']['type']}, {d['steps']} steps of h={d['step_size']:g} (T={d['time']:g}), "
               f"B={batch_size(c)}, save every {c['observers']['every']}")
+        note = undefined_theory(c)
+        if note:
+            print(f"note: {note}")
     return 0
 
 

@@ -72,7 +72,7 @@ __all__ = [
 SCHEMES = tuple(SCHEME_CLASSES)
 STOCHASTIC_SCHEMES = tuple(k for k, c in SCHEME_CLASSES.items() if c.stochastic)
 ENERGIES = tuple(ENERGY_CLASSES)
-INITS = ("balanced", "gaussian", "orthogonal", "identity", "file")
+INITS = ("balanced", "gaussian", "orthogonal", "identity", "residual", "file")
 FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion")
 
 
@@ -82,11 +82,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "widths": O(None, "[d_0, ..., d_N] (input first); null: depth+1 copies of width", Widths()),
         "depth": O(None, "N, the number of layers, when widths is null (null: 2)", PosInt()),
         "width": O(None, "d, the common width, when widths is null (null: 2)", PosInt()),
-        "init": O("balanced", "balanced | gaussian | orthogonal | identity | file", Choice(INITS)),
+        "init": O("balanced", "balanced (any widths: rank <= min width) | gaussian | orthogonal | identity | residual (scale I + std N(0,1)) | file", Choice(INITS)),
         "scale": O(1.0, "balanced: singular values of X(0) when spectrum is null; gaussian: std x sqrt(d_in); orthogonal/identity: factor",
                    Num(gt=0, hint="a positive scale of the initial weights")),
-        "spectrum": O(None, "balanced: singular values of X(0) (list of d numbers >= 0); null: all equal to scale",
+        "spectrum": O(None, "balanced: singular values of X(0) (list of d numbers >= 0; rectangular widths: 1 to min(widths) numbers, a low-rank start); null: all equal to scale",
                       NumList(ge=0, nullable=True)),
+        "std": O(None, "gaussian: i.i.d. N(0, std^2) entries (instead of std = scale / sqrt(d_in)); residual: std of the perturbation of scale * I",
+                 Num(ge=0, nullable=True)),
         "target": O(None, "balanced: X(0) = null (random U,V, spectrum) | aligned (singular vectors of energy.target: the Saxe setting) | gaussian (scale * N(0,1/d)) | a matrix",
                     Matrix(words=("aligned", "gaussian"), nullable=True)),
         "file": O(None, "init: file: .pt (list of tensors W_1..W_N) or .npz (W1..WN), each (d_p, d_{p-1}) or (B, d_p, d_{p-1})",
@@ -348,13 +350,19 @@ def _resolve_network(net: dict, en: dict) -> None:
     d_in, d_out = widths[0], widths[-1]
     net["widths"], net["depth"] = widths, len(widths) - 1
     net["width"] = widths[0] if square else None
-    if net["init"] == "balanced" and not square:
-        _fail("network.init", f"'balanced' needs equal widths (the balanced manifold is for square width), got widths {widths}; use gaussian or orthogonal")
+    if net["init"] == "balanced" and not square and net["target"] in ("gaussian", "aligned"):
+        _fail("network.target", f"{net['target']!r} is for square widths; with widths {widths} give X(0) as a matrix of rank <= {min(widths)} or null (random, spectrum)")
+    if net["std"] is not None and net["init"] not in ("gaussian", "residual"):
+        _fail("network.std", f"only applies to init: gaussian or residual (init is {net['init']!r}); use scale")
+    if net["init"] == "residual" and net["std"] is None:
+        _fail("network.std", "init: residual (W_p = scale I + std N(0, 1)) needs std, e.g. 0.01")
     if net["spectrum"] is not None:
         if net["init"] != "balanced":
             _fail("network.spectrum", f"only applies to init: balanced (init is {net['init']!r})")
-        if len(net["spectrum"]) != widths[0]:
+        if square and len(net["spectrum"]) != widths[0]:
             _fail("network.spectrum", f"needs {widths[0]} singular values (width d = {widths[0]}), got {len(net['spectrum'])}")
+        if not square and not 1 <= len(net["spectrum"]) <= min(widths):
+            _fail("network.spectrum", f"needs 1 to min(widths) = {min(widths)} singular values for widths {widths}, got {len(net['spectrum'])}")
     tgt = net["target"]
     if tgt is not None:
         if net["init"] != "balanced":

@@ -39,6 +39,7 @@ __all__ = [
     "gibbs_setting",
     "gibbs_law",
     "theory_arrays",
+    "undefined_theory",
 ]
 
 # Largest width d for which the Gibbs law of the singular values is computed by quadrature.
@@ -48,6 +49,16 @@ GIBBS_MAX_WIDTH = 3
 def _square(cfg: dict) -> bool:
     w = cfg["network"]["widths"]
     return all(x == w[0] for x in w)
+
+
+def undefined_theory(cfg: dict) -> str | None:
+    """One line naming the theory quantities a run with rectangular widths cannot have (they are
+    defined for square width, THEORY.md sections 3-5), or None for square widths."""
+    if _square(cfg):
+        return None
+    return (f"widths {cfg['network']['widths']} are not square: the entropy S(X) (entropy_formula, free_energy), "
+            "entropy_measured, the balanced-manifold Langevin schemes, the RLE, the end-to-end reference flow and the "
+            "Saxe/Gibbs closed forms are undefined and not recorded")
 
 
 def initial_spectrum(cfg: dict) -> torch.Tensor:

@@ -66,3 +66,41 @@ def test_razin_cohen_config_short_run():
     X = sim.state.end_to_end()
     # X(0) = 0.01 I, det > 0, and after t = 4 the off-diagonal entries are being fitted: det stays > 0
     assert float(torch.linalg.det(X)[0]) > 0 and float(X[0, 0, 1]) > 0.1
+
+
+def _net_cfg(**net):
+    d_in, d_out = net["widths"][0], net["widths"][-1]
+    mask = [[float((i + j) % 2 == 0) for j in range(d_in)] for i in range(d_out)]
+    return {"network": net, "energy": {"type": "matrix_completion", "target": "random", "mask": mask},
+            "dynamics": {"scheme": "gradient_descent", "step_size": 0.05, "steps": 2, "ensemble": 2},
+            "output": {"figures": False}}
+
+
+def test_network_config_general_widths_and_inits():
+    from dlnsim.builders import build_network
+    from dlnsim.run_theory import undefined_theory
+
+    cfg = C.load_config(_net_cfg(widths=[3, 5, 2], init="balanced", scale=0.1, spectrum=[1.0, 0.5]))
+    net = build_network(cfg, generator=torch.Generator().manual_seed(0))
+    W1, W2 = [W.detach() for W in net.weights]
+    assert float((W2.mT @ W2 - W1 @ W1.mT).abs().max()) < 1e-14  # balanced (entries O(1): roundoff)
+    s = torch.linalg.svdvals(W2 @ W1)
+    assert torch.allclose(s, torch.tensor([[1.0, 0.5]] * 2, dtype=torch.float64), atol=1e-14)
+    assert "not square" in undefined_theory(cfg) and undefined_theory(C.load_config(_cfg())) is None
+    cfg = C.load_config(_net_cfg(widths=[3, 4, 2], init="gaussian", std=1e-3))
+    w = torch.cat([W.detach().flatten() for W in build_network(cfg, generator=torch.Generator().manual_seed(0)).weights])
+    assert 0.7e-3 < float(w.std()) < 1.3e-3  # 40 entries: sample std within ~4 standard errors of 1e-3
+    cfg = C.load_config(_net_cfg(widths=[3, 3, 3], init="residual", std=0.01))
+    W = build_network(cfg, generator=torch.Generator().manual_seed(0)).weights[0].detach()
+    assert float((W - torch.eye(3, dtype=torch.float64)).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("net,key", [
+    ({"widths": [3, 5, 2], "init": "balanced", "target": "gaussian"}, "network.target"),
+    ({"widths": [3, 5, 2], "init": "balanced", "spectrum": [1, 1, 1]}, "network.spectrum"),
+    ({"widths": [3, 3, 3], "init": "orthogonal", "std": 0.1}, "network.std"),
+    ({"widths": [3, 3, 3], "init": "residual"}, "network.std"),
+])
+def test_network_config_errors(net, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        C.load_config(_net_cfg(**net))
