@@ -69,7 +69,9 @@ def build_energy(cfg: dict, device=None, dtype=None) -> Energy:
     if device is None or dtype is None:
         d, t = device_dtype(cfg)
         device, dtype = device or d, dtype or t
-    energy = ENERGIES[cfg["energy"]["type"]].from_config(cfg["energy"], cfg["network"]["widths"])
+    cls = ENERGIES[cfg["energy"]["type"]]
+    kw = {"batch": batch_size(cfg)} if cls.per_trajectory_data else {}
+    energy = cls.from_config(cfg["energy"], cfg["network"]["widths"], **kw)
     return energy.to(dtype=dtype, device=device)
 
 

@@ -101,9 +101,16 @@ SCHEMA: dict[str, dict[str, Option]] = {
                     Matrix(words=("random", "diag", "identity"))),
         "spectrum": O(None, "singular values of a random target / diagonal of a diag target; null: (r, r-1, ..., 1) for random, ones for diag",
                       NumList(ge=0, nullable=True)),
+        "rank": O(None, "random target: its rank k <= min(d_N, d_0) (spectrum then lists k values, default ones); null: full rank",
+                  Int(ge=1, nullable=True)),
         "seed": O(0, "seed of the random target and of synthetic regression data (independent of dynamics.seed)", Int(ge=0)),
-        "mask": O(None, "matrix_completion: observed entries: diag | offdiag | a 0/1 matrix (d_N x d_0)",
-                  Matrix(words=("diag", "offdiag"), nullable=True)),
+        "mask": O(None, "matrix_completion: observed entries: diag | offdiag | random (uniform, mask_fraction or mask_count) | a 0/1 matrix (d_N x d_0)",
+                  Matrix(words=("diag", "offdiag", "random"), nullable=True)),
+        "mask_fraction": O(None, "mask: random: the observed share of the entries, in (0, 1]", Num(gt=0, nullable=True)),
+        "mask_count": O(None, "mask: random: the number of observed entries (instead of mask_fraction)", Int(ge=1, nullable=True)),
+        "mask_seed": O(None, "mask: random: seed of the mask (null: 0; independent of energy.seed and dynamics.seed)", Int(ge=0, nullable=True)),
+        "mask_per_trajectory": O(None, "mask: random: true draws one mask per trajectory (a batch of masks), false/null one for all",
+                                 Choice(("true", "false"), nullable=True)),
         "alpha": O(1.0, "weight_decay: alpha in alpha/2 ||X||^2", Num(gt=0, hint="a positive weight-decay strength")),
         "n_samples": O(100, "linear_regression synthetic data: number of samples n (inputs A ~ N(0, 1), outputs Y = Phi A + noise)",
                        Int(ge=1)),
@@ -382,11 +389,18 @@ def _energy_rules(en: dict, widths: list[int]) -> None:
         _fail("energy.target", f"must be d_N x d_0 = {d_out}x{d_in} for network widths {widths}, got {len(t)}x{len(t[0])}")
     if t == "identity" and d_in != d_out:
         _fail("energy.target", f"'identity' needs d_N = d_0, network widths are {widths}")
+    if en["rank"] is not None:
+        if t != "random":
+            _fail("energy.rank", f"only applies to energy.target: random (target is {t if isinstance(t, str) else 'a matrix'})")
+        if en["rank"] > min(d_in, d_out):
+            _fail("energy.rank", f"must be <= min(d_N, d_0) = {min(d_in, d_out)} for widths {widths}, got {en['rank']}")
     if en["spectrum"] is not None:
         if isinstance(t, list) or t == "identity":
             _fail("energy.spectrum", "only applies to energy.target: random or diag")
-        if len(en["spectrum"]) != min(d_in, d_out):
-            _fail("energy.spectrum", f"needs min(d_N, d_0) = {min(d_in, d_out)} values for widths {widths}, got {len(en['spectrum'])}")
+        need = min(d_in, d_out) if en["rank"] is None else en["rank"]
+        if len(en["spectrum"]) != need:
+            what = "min(d_N, d_0)" if en["rank"] is None else "energy.rank"
+            _fail("energy.spectrum", f"needs {what} = {need} values for widths {widths}, got {len(en['spectrum'])}")
     for name, cls in ENERGY_CLASSES.items():
         for key in cls.config_keys:
             if name != en["type"] and en[key] is not None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .network import random_orthogonal
+from .tasks import random_mask
 from .options import fail
 
 __all__ = [
@@ -51,6 +52,7 @@ class Energy:
     has_target: bool = False
     aligned_start: bool = False
     batch_free: bool = False
+    per_trajectory_data: bool = False  # from_config takes batch=B (data can have one entry per trajectory)
 
     @classmethod
     def from_config(cls, section: dict, widths: list[int]) -> "Energy":
@@ -184,17 +186,22 @@ class MatrixCompletion(Energy):
     """
 
     name = "matrix_completion"
-    config_keys = ("mask",)
+    config_keys = ("mask", "mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")
     has_target = True
     aligned_start = True
-    batch_free = True
+    batch_free = True  # for shared masks (a per-trajectory mask has a batch dim: see dynamics.gradient._batch_free)
+    per_trajectory_data = True
 
     @classmethod
-    def from_config(cls, section, widths):
+    def from_config(cls, section, widths, batch: int | None = None):
         Phi = target_matrix(section, widths)
         m = section["mask"]
         d_out, d_in = Phi.shape
-        if m == "diag":
+        if m == "random":  # uniform random subset of mask_count entries (or round(mask_fraction d_N d_0))
+            per = section["mask_per_trajectory"] == "true"
+            mask = random_mask((d_out, d_in), fraction=section["mask_fraction"], count=section["mask_count"],
+                               batch=batch if per else None, seed=section["mask_seed"] or 0)
+        elif m == "diag":
             mask = torch.eye(d_out, d_in, dtype=torch.float64)
         elif m == "offdiag":
             mask = 1.0 - torch.eye(d_out, d_in, dtype=torch.float64)
@@ -206,9 +213,22 @@ class MatrixCompletion(Energy):
     def check_config(cls, section, widths):
         m, d_in, d_out = section["mask"], widths[0], widths[-1]
         if m is None:
-            fail("energy.mask", "matrix_completion needs the observed entries: diag | offdiag | a 0/1 matrix")
+            fail("energy.mask", "matrix_completion needs the observed entries: diag | offdiag | random | a 0/1 matrix")
         if isinstance(m, list) and (len(m), len(m[0])) != (d_out, d_in):
             fail("energy.mask", f"must be d_N x d_0 = {d_out}x{d_in}, got {len(m)}x{len(m[0])}")
+        random_keys = ("mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")
+        if m != "random":
+            for k in random_keys:
+                if section[k] is not None:
+                    fail(f"energy.{k}", f"only applies to energy.mask: random (mask is {m!r})")
+            return
+        frac, count = section["mask_fraction"], section["mask_count"]
+        if (frac is None) == (count is None):
+            fail("energy.mask_fraction", "mask: random needs exactly one of mask_fraction (share of entries) and mask_count")
+        if frac is not None and frac > 1:
+            fail("energy.mask_fraction", f"must be in (0, 1], got {frac}")
+        if count is not None and count > d_out * d_in:
+            fail("energy.mask_count", f"must be <= d_N d_0 = {d_out * d_in}, got {count}")
 
     def __init__(self, target, mask):
         self.target = _as_matrix(target, "target")
@@ -315,11 +335,16 @@ def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:
 
     energy.target: a matrix | identity | diag (diag(spectrum), ones by default) | random
     (U diag(spectrum) V^T, Haar U, V from energy.seed, independent of the dynamics' generator and
-    device; spectrum (r, r-1, ..., 1) by default, r = min(d_N, d_0)).
+    device; spectrum (r, r-1, ..., 1) by default, r = min(d_N, d_0)). energy.rank k (random
+    target): a rank-k target, spectrum of k values (default ones), the other singular values 0.
     """
     d_in, d_out = widths[0], widths[-1]
     r = min(d_in, d_out)
     t, spectrum = section["target"], section["spectrum"]
+    k = section.get("rank")
+    if k is not None and t == "random":
+        s = torch.ones(k, dtype=torch.float64) if spectrum is None else torch.tensor(spectrum, dtype=torch.float64)
+        spectrum = torch.cat([s, s.new_zeros(r - k)]).tolist()
     if isinstance(t, list):
         return torch.tensor(t, dtype=torch.float64)
     if t == "identity":

@@ -6,8 +6,8 @@
 - Matrix completion: a uniformly random observation mask with a given fraction or count of observed
   entries (exactly that many, drawn without replacement), one for the whole ensemble or one per
   trajectory (a leading batch axis B); noisy observations Phi + sigma xi on the observed entries.
-  The energy is `dlnsim.energies.MatrixCompletion(observed, mask)`; the ground truth is kept for
-  the test error (`dlnsim.metrics`).
+  The energy is `dlnsim.energies.MatrixCompletion(observed, mask)` (the config's `mask: random`
+  uses `random_mask`); the ground truth is kept for the test error (`dlnsim.metrics`).
 - Regression: data A (d_in, n) (columns are samples, the convention of
   `dlnsim.energies.LinearRegression`), teacher T (d_out, d_in), labels Y = T A + sigma xi, with an
   input covariance; a held-out test set drawn from the same law, or a random split of given data.
@@ -24,7 +24,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .energies import LinearRegression, MatrixCompletion
 from .network import orthonormal_columns
 
 __all__ = [
@@ -180,15 +179,12 @@ def noisy_observations(
 
 @dataclass
 class CompletionProblem:
-    """A completion problem: ground truth (d_out, d_in) or (B, ...), mask, observed values (noisy or not)."""
+    """A completion problem: ground truth (d_out, d_in) or (B, ...), mask, observed values (noisy or not).
+    Its energy: `dlnsim.energies.MatrixCompletion(observed, mask)`."""
 
     truth: torch.Tensor
     mask: torch.Tensor
     observed: torch.Tensor
-
-    def energy(self) -> MatrixCompletion:
-        """E(X) = 1/2 ||mask o (X - observed)||_F^2."""
-        return MatrixCompletion(self.observed, self.mask)
 
 
 def completion_problem(
@@ -205,17 +201,14 @@ def completion_problem(
 
 @dataclass
 class RegressionProblem:
-    """Training data A (d_in, n), Y (d_out, n); held-out A_test (d_in, m), Y_test (d_out, m); teacher or None."""
+    """Training data A (d_in, n), Y (d_out, n); held-out A_test (d_in, m), Y_test (d_out, m); teacher or None.
+    Its energy: `dlnsim.energies.LinearRegression(inputs, outputs)`."""
 
     inputs: torch.Tensor
     outputs: torch.Tensor
     test_inputs: torch.Tensor
     test_outputs: torch.Tensor
     teacher: torch.Tensor | None = None
-
-    def energy(self) -> LinearRegression:
-        """E(X) = 1/(2n) ||X A - Y||_F^2 on the training data."""
-        return LinearRegression(self.inputs, self.outputs)
 
 
 def regression_problem(

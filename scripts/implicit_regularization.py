@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from dlnsim.baselines import min_nuclear_norm_completion  # noqa: E402
 from dlnsim.dynamics import GradientDescent  # noqa: E402
-from dlnsim.energies import MatrixCompletion  # noqa: E402
+from dlnsim.energies import LinearRegression, MatrixCompletion  # noqa: E402
 from dlnsim.metrics import (  # noqa: E402
     completion_errors,
     regression_errors,
@@ -186,7 +186,7 @@ def varre(out: Path, d: int = 5, hidden: int = 10, teacher_rank: int = 2, n: int
     from dlnsim.tasks import regression_problem
 
     prob = regression_problem(d, d, n, 200, teacher_rank=teacher_rank, seed=0)
-    E = prob.energy()
+    E = LinearRegression(prob.inputs, prob.outputs)
     net = DeepLinearNetwork([d, hidden, d], batch=B, init="gaussian", scale=1.0, generator=torch.Generator().manual_seed(1))
     ws0 = [W.detach() for W in net.weights]
     schemes = {"gradient descent": GradientDescent(E, h, 2),

@@ -6,8 +6,9 @@ a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle
     1 kernels      spectral, stats
-    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, metrics, baselines
-    3 energies     energies, tasks (targets, masks, data of implicit-regularization studies)
+    2 mathematics  geometry, entropy, network, theory, gibbs, manifold, metrics, baselines,
+                   tasks (targets, masks, data of implicit-regularization studies)
+    3 energies     energies
     4 dynamics     dynamics.*
     5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts),
                    gradient_noise
@@ -31,8 +32,8 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle"],
     ["spectral", "stats"],
-    ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "metrics", "baselines"],
-    ["energies", "tasks"],
+    ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "metrics", "baselines", "tasks"],
+    ["energies"],
     ["dynamics"],
     ["observe", "simulation", "run_theory", "problems", "gradient_noise"],
     ["config", "results", "builders"],

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dlnsim.dynamics.sgd import SGD, Minibatch
+from dlnsim.energies import LinearRegression, MatrixCompletion
 from dlnsim.geometry import horizontal_lift
 from dlnsim.gradient_noise import (
     expected_balancedness_change,
@@ -26,11 +27,13 @@ DTYPE = torch.float64
 
 def _completion():
     # 3 x 3, 6 observed entries (n = 6): small enough to enumerate every minibatch
-    return completion_problem((3, 3), 1, count=6, target_seed=1, mask_seed=2).energy()
+    prob = completion_problem((3, 3), 1, count=6, target_seed=1, mask_seed=2)
+    return MatrixCompletion(prob.observed, prob.mask)
 
 
 def _regression():
-    return regression_problem(3, 3, 5, 2, seed=3).energy()
+    prob = regression_problem(3, 3, 5, 2, seed=3)
+    return LinearRegression(prob.inputs, prob.outputs)
 
 
 def _ws(seed, widths=(3, 3, 3, 3)):

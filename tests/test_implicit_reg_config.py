@@ -104,3 +104,44 @@ def test_network_config_general_widths_and_inits():
 def test_network_config_errors(net, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         C.load_config(_net_cfg(**net))
+
+
+def _completion_cfg(**en):
+    return {"network": {"widths": [4, 4, 5], "init": "gaussian", "std": 0.1},
+            "energy": {"type": "matrix_completion", "target": "random", **en},
+            "dynamics": {"scheme": "gradient_descent", "step_size": 0.05, "steps": 3, "ensemble": 3, "seed": 2},
+            "output": {"figures": False}}
+
+
+def test_random_mask_and_rank_target_from_config():
+    from dlnsim.builders import build_energy
+
+    cfg = C.load_config(_completion_cfg(rank=2, spectrum=[3.0, 1.0], mask="random", mask_count=9,
+                                        mask_seed=4, mask_per_trajectory=True))
+    E = build_energy(cfg)
+    assert E.mask.shape == (3, 5, 4) and bool((E.mask.sum(dim=(-2, -1)) == 9).all())
+    assert not torch.equal(E.mask[0], E.mask[1])  # one mask per trajectory
+    s = torch.linalg.svdvals(E.target)
+    assert torch.allclose(s, torch.tensor([3.0, 1.0, 0.0, 0.0], dtype=torch.float64), atol=1e-14)
+    shared = build_energy(C.load_config(_completion_cfg(mask="random", mask_fraction=0.5)))
+    assert shared.mask.shape == (5, 4) and int(shared.mask.sum()) == 10
+    # the whole run: gradient descent (blocked CPU path must see the batched mask) and sgd
+    for dyn in ({"scheme": "gradient_descent"}, {"scheme": "sgd", "options": {"batch_size": 3}}):
+        c = _completion_cfg(mask="random", mask_count=9, mask_per_trajectory=True)
+        c["dynamics"].update(dyn)
+        sim, _ = build_simulation(C.load_config(c))
+        sim.run(3)
+        assert np.isfinite(sim.arrays()["loss"]).all()
+
+
+@pytest.mark.parametrize("en,key", [
+    ({"mask": "random"}, "energy.mask_fraction"),
+    ({"mask": "random", "mask_fraction": 0.5, "mask_count": 3}, "energy.mask_fraction"),
+    ({"mask": "random", "mask_count": 100}, "energy.mask_count"),
+    ({"mask": "diag", "mask_seed": 3}, "energy.mask_seed"),
+    ({"mask": "diag", "rank": 5}, "energy.rank"),
+    ({"mask": "diag", "rank": 2, "spectrum": [1.0, 2.0, 3.0]}, "energy.spectrum"),
+])
+def test_completion_config_errors(en, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        C.load_config(_completion_cfg(**en))

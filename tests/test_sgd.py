@@ -15,11 +15,12 @@ DTYPE = torch.float64
 
 def _completion(batch=None):
     prob = completion_problem((4, 3), 2, fraction=0.6, mask_batch=batch, noise=0.05, target_seed=3, mask_seed=4)
-    return prob.energy()
+    return MatrixCompletion(prob.observed, prob.mask)
 
 
 def _regression():
-    return regression_problem(3, 4, 9, 5, label_noise=0.1, seed=5).energy()
+    prob = regression_problem(3, 4, 9, 5, label_noise=0.1, seed=5)
+    return LinearRegression(prob.inputs, prob.outputs)
 
 
 def _weights(widths, B, seed):

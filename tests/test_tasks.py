@@ -74,7 +74,7 @@ def test_noisy_observations_and_problem():
     resid = (prob.observed - prob.truth)[prob.mask == 1]
     # noise std 0.1 on 96 observed entries: sample std within ~4 standard errors (0.1/sqrt(2*96) each)
     assert abs(float(resid.std()) - 0.1) < 4 * 0.1 / math.sqrt(2 * resid.numel())
-    E = prob.energy()
+    E = MatrixCompletion(prob.observed, prob.mask)
     assert isinstance(E, MatrixCompletion) and E.batch_size == 3
     E.check_batch(3)
     with pytest.raises(ValueError, match="ensemble has B = 4"):
