@@ -96,8 +96,8 @@ def _cmd_run(args) -> int:
             # A modified run is not the showcase: keep the curated figure unless asked explicitly.
             overrides.append(("output.showcase", None))
         cfg = load_config(args.config, overrides)
-        note = undefined_theory(cfg)
-        if note and not args.quiet:
+        notes = {undefined_theory(c) for _, c in (variant_configs(cfg) or [("run", cfg)])} - {None}
+        for note in sorted(notes) if not args.quiet else ():
             print(f"dlnsim: note: {note}", file=sys.stderr)
         out = run(cfg, args.out, quiet=args.quiet)
     if out.status in (Status.FAILED, Status.DIVERGED) and out.message:

@@ -54,7 +54,7 @@ def _square(cfg: dict) -> bool:
 def undefined_theory(cfg: dict) -> str | None:
     """One line naming the theory quantities a run with rectangular widths cannot have (they are
     defined for square width, THEORY.md sections 3-5), or None for square widths."""
-    if _square(cfg):
+    if cfg["network"]["widths"] is None or _square(cfg):  # a study's own section: its variants say
         return None
     return (f"widths {cfg['network']['widths']} are not square: the entropy S(X) (entropy_formula, free_energy), "
             "entropy_measured, the balanced-manifold Langevin schemes, the RLE, the end-to-end reference flow and the "
