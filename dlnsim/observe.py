@@ -16,7 +16,7 @@ arrays, each with the batch dim first, when it applies to the state, and the run
     norms             (B,) each   nuclear_norm, frobenius_norm, spectral_norm of X   (not recorded unless asked for)
     effective_rank    (B,)        exp of the entropy of s/||s||_1 (Roy & Vetterli)  (not recorded unless asked for)
     completion_error  (B,) each   matrix_completion: test_error (unobserved entries), train_error (observed),
-                                  both relative to energy.target on those entries (dlnsim.metrics)
+                                  reconstruction_error (all entries), relative to energy.target on those entries
     <stat>            (B,)        every counter the scheme keeps in state.stats
 
 `Observer.measure(state, reference)` evaluates the included entries in registry order. The
@@ -142,7 +142,8 @@ def _norms(ctx: Context) -> dict:
 
 def _completion_error(ctx: Context) -> dict:
     e = completion_errors(ctx.X, ctx.energy.target, ctx.energy.mask)
-    return {"test_error": e["test_error_rel"], "train_error": e["train_error_rel"]}
+    return {"test_error": e["test_error_rel"], "train_error": e["train_error_rel"],
+            "reconstruction_error": e["reconstruction_error_rel"]}
 
 
 def _is_completion(ctx: Context) -> bool:

@@ -1,15 +1,10 @@
 """Implicit-regularization reproductions with dlnsim's Python API (issue 12, section 4).
 
-    python scripts/implicit_regularization.py arora [--size 30 --rank 2 --seeds 2]
     python scripts/implicit_regularization.py noise
     python scripts/implicit_regularization.py varre
 
-(Razin & Cohen's 2 x 2 example is a config: `dlnsim run configs/razin_cohen.yaml`.)
-arora: Arora, Cohen, Hu & Luo (NeurIPS 2019, arXiv 1905.13655), reconstruction error of a rank-r
-    d x d matrix against the number of observed entries, for depth 2, 3, 4 (gradient descent from a
-    small Gaussian init, one random mask per trajectory: the whole sweep is one ensemble per depth)
-    and the minimum nuclear norm solution (ADMM, dlnsim.baselines). Their setting is 100 x 100, rank 5,
-    init std 1e-3; the default here is smaller for the 2-core CI machine (stated on the figure).
+(Razin & Cohen's 2 x 2 example is a config, `dlnsim run configs/razin_cohen.yaml`, and the Arora et
+al. completion study a sweep, `dlnsim sweep configs/sweep_arora.yaml`.)
 
 noise: gradient descent, minibatch SGD, label-noise SGD and the RLE at the label-noise SGD's
     effective temperature on one small completion problem: balancedness, effective rank, entropy
@@ -32,7 +27,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from dlnsim.baselines import min_nuclear_norm_completion  # noqa: E402
 from dlnsim.dynamics import GradientDescent  # noqa: E402
 from dlnsim.energies import LinearRegression, MatrixCompletion  # noqa: E402
 from dlnsim.metrics import (  # noqa: E402
@@ -44,54 +38,6 @@ from dlnsim.network import DeepLinearNetwork  # noqa: E402
 from dlnsim.tasks import low_rank_target, random_mask  # noqa: E402
 
 DTYPE = torch.float64
-
-
-def arora(out: Path, size: int = 30, rank: int = 2, seeds: int = 2, counts=None, std: float = 5e-3,
-          step: float = 0.25, steps: int = 30000, depths=(2, 3, 4)) -> dict:
-    d = size
-    counts = counts or [int(f * d * d) for f in (0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5)]
-    Phi = low_rank_target((d, d), rank, "ones", seed=0)
-    B = len(counts) * seeds
-    masks = torch.cat([random_mask((d, d), count=c, batch=seeds, seed=100 + i) for i, c in enumerate(counts)])
-    E = MatrixCompletion(Phi * masks, masks)
-    t0 = time.perf_counter()
-    results = {}
-    for N in depths:
-        net = DeepLinearNetwork([d] * (N + 1), batch=B, init="gaussian", std=std, generator=torch.Generator().manual_seed(N))
-        gd = GradientDescent(E, step, N)
-        st = gd.init_state([W.detach() for W in net.weights])
-        for _ in range(steps):
-            st = gd.step(st)
-        X = st.end_to_end()
-        err = completion_errors(X, Phi, masks)["reconstruction_error_rel"].reshape(len(counts), seeds)
-        results[f"depth {N}"] = (err, effective_rank(X).reshape(len(counts), seeds), E.value(X).reshape(len(counts), seeds))
-    t_gd = time.perf_counter() - t0
-    nn = min_nuclear_norm_completion(Phi * masks, masks, tol=1e-5, max_iter=20000)
-    err = completion_errors(nn.X, Phi, masks)["reconstruction_error_rel"].reshape(len(counts), seeds)
-    results["min nuclear norm"] = (err, effective_rank(nn.X).reshape(len(counts), seeds), None)
-    wall = time.perf_counter() - t0
-
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
-    for lab, (err, er, _) in results.items():
-        ls = "k--" if lab.startswith("min") else "-o"
-        ax[0].semilogy(counts, err.mean(1), ls, label=lab)
-        ax[1].plot(counts, er.mean(1), ls, label=lab)
-    ax[0].set_xlabel("observed entries")
-    ax[0].set_ylabel("reconstruction error ||X - Phi||_F / ||Phi||_F")
-    ax[1].set_xlabel("observed entries")
-    ax[1].set_ylabel("effective rank of the solution")
-    ax[1].axhline(rank, color="gray", ls=":")
-    ax[0].legend(fontsize=8)
-    fig.suptitle(
-        f"Arora, Cohen, Hu & Luo 2019 setting at reduced size (paper: 100x100, rank 5, std 1e-3): {d}x{d}, rank {rank} "
-        f"(unit singular values), mean of {seeds} masks per count\nGD h={step}, {steps} steps, Gaussian init std {std} "
-        f"(one mask per trajectory); dashed: min nuclear norm (ADMM, tol 1e-5). No closed form applies.", fontsize=9)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "arora_completion.png", dpi=110)
-    plt.close(fig)
-    return {"counts": counts, "results": results, "wall_s": wall, "wall_gd_s": t_gd, "admm_iterations": nn.iterations,
-            "admm_converged": nn.converged}
 
 
 def noise_comparison(out: Path, d: int = 6, rank: int = 1, depth: int = 3, fraction: float = 0.6, h: float = 0.05,
@@ -239,13 +185,8 @@ def varre(out: Path, d: int = 5, hidden: int = 10, teacher_rank: int = 2, n: int
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("arora", "noise", "varre"))
+    ap.add_argument("what", choices=("noise", "varre"))
     ap.add_argument("--out", default="results/showcase")
-    ap.add_argument("--size", type=int, default=30)
-    ap.add_argument("--rank", type=int, default=2)
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=30000)
-    ap.add_argument("--std", type=float, default=5e-3)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -262,15 +203,6 @@ def main(argv=None):
         for k, v in r["final"].items():
             print(f"{k:<32} {v[0]:6g} {v[1]:9.2e} {v[2]:7.3f} {v[3]:8.3f} {v[4]:9.2e} {v[5]:9.2e}")
         print(f"wall {r['wall_s']:.1f} s")
-    else:
-        r = arora(out, size=a.size, rank=a.rank, seeds=a.seeds, steps=a.steps, std=a.std)
-        print("observed  " + "  ".join(f"{k:>16}" for k in r["results"]))
-        for i, c in enumerate(r["counts"]):
-            print(f"{c:<9d} " + "  ".join(f"{float(v[0][i].mean()):9.2e} er{float(v[1][i].mean()):4.2f}" for v in r["results"].values()))
-        for k, v in r["results"].items():
-            if v[2] is not None:
-                print(f"{k}: max final train loss {float(v[2].max()):.2e}")
-        print(f"wall {r['wall_s']:.1f} s (GD {r['wall_gd_s']:.1f} s); ADMM {r['admm_iterations']} its, converged {r['admm_converged']}")
 
 
 if __name__ == "__main__":
