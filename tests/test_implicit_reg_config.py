@@ -176,3 +176,10 @@ def test_completion_sweep_summary_against_direct_computation(tmp_path):
         assert abs(r["reconstruction_error"] - p[3]) < 1e-12  # the same X, the same formula
         assert abs(r["nuclear_norm_error"] - p[4]) < 1e-12  # deterministic ADMM on the same masks
     _fig_completion(rows, ["network.depth"], {"network.depth": "N"}).savefig(tmp_path / "c.png")
+
+
+def test_schedule_keys_only_with_their_schedule():
+    with pytest.raises(ConfigError, match=r"dynamics\.options\.step_every: only applies to schedule: step"):
+        C.load_config(_cfg(options={"step_every": 10}))
+    with pytest.raises(ConfigError, match=r"dynamics\.options\.min_factor: only applies to schedule: cosine"):
+        C.load_config(_cfg(options={"schedule": "step", "step_every": 5, "min_factor": 0.1}))

@@ -353,6 +353,10 @@ class SGD(Scheme):
     @classmethod
     def config_options(cls, options: dict, path: str = "dynamics.options") -> dict:
         out = super().config_options(options, path)
+        kind = out.get("schedule", "constant")
+        for k, owner in (("step_every", "step"), ("gamma", "step"), ("total_steps", "cosine"), ("min_factor", "cosine")):
+            if k in out and kind != owner:
+                fail(f"{path}.{k}", f"only applies to schedule: {owner} (schedule is {kind!r})")
         try:  # the schedule's own rules (step needs step_every, cosine total_steps, ...), named by key
             LRSchedule.of({"kind": out.get("schedule", "constant"), **{k: out[k] for k in _SCHEDULE_KEYS if k in out}})
         except ValueError as e:
