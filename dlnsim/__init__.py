@@ -27,6 +27,8 @@ from .entropy import (  # noqa: F401
     log_orthogonal_volume,
     orbit_log_volume,
 )
+from .entropy_fields import entropy_field, log_group_volume, orbit_log_volume_field  # noqa: F401
+from .fields import get_field  # noqa: F401  (networks over R, C, H: docs/theory_complex.md)
 from .geometry import (  # noqa: F401
     SpectralFrame,
     horizontal_lift,
@@ -66,3 +68,15 @@ from .manifold import (  # noqa: F401
 from .gibbs import SingularValueLaw, gibbs_log_density, singular_value_log_density  # noqa: F401
 from .stats import independent_chain_stderr, ks_test, zscore  # noqa: F401
 from . import baselines, gradient_noise, metrics, tasks  # noqa: F401  (implicit-regularization studies)
+# the infinite-depth limit and the balancing flows (docs/theory_depth_balancing.md)
+from .spectral import kernel_inf, log_kernel_inf  # noqa: F401,E402
+from .geometry import metric_inf, metric_operator_inf, metric_operator_inf_inv, metric_operator_inf_sqrt  # noqa: F401,E402
+from .depth_limit import entropy_divergent_part, entropy_inf, entropy_renormalized  # noqa: F401,E402
+from .dynamics import (  # noqa: F401,E402
+    BalancingFlow,
+    InfiniteDepthFlow,
+    InfiniteDepthFreeEnergyFlow,
+    InfiniteDepthLangevin,
+    WeightDecayDescent,
+)
+from .dynamics.balancing import balance, balance_from_gaussian, training_decomposition  # noqa: F401,E402

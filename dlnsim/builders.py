@@ -15,13 +15,15 @@ import math
 
 import torch
 
-from .dynamics import SCHEMES, EndToEndFlow, Scheme, State
+from .dynamics import EndToEndFlow, Scheme, State, scheme_class
+from .dynamics.balancing import balance_from_gaussian
 from .energies import ENERGIES, Energy, target_matrix
 from .network import DeepLinearNetwork, read_weight_file
 from .observe import Observer, default_include
 from .options import ConfigError
 from .run_theory import initial_spectrum, wants_reference_flow
 from .simulation import Simulation
+from . import field_runs
 
 __all__ = [
     "device_dtype",
@@ -69,6 +71,8 @@ def build_energy(cfg: dict, device=None, dtype=None) -> Energy:
     if device is None or dtype is None:
         d, t = device_dtype(cfg)
         device, dtype = device or d, dtype or t
+    if field_runs.is_field_run(cfg):  # complex / quaternion weights: the energy over F
+        return field_runs.build_energy(cfg, device, dtype)
     cls = ENERGIES[cfg["energy"]["type"]]
     kw = {"batch": batch_size(cfg)} if cls.per_trajectory_data else {}
     energy = cls.from_config(cfg["energy"], cfg["network"]["widths"], **kw)
@@ -93,6 +97,8 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
     """The initial ensemble (batch = ensemble x number of betas) of cfg['network']."""
     device, dtype = device_dtype(cfg)
     net, B = cfg["network"], batch_size(cfg)
+    if field_runs.is_field_run(cfg):
+        return field_runs.network_module(field_runs.build_weights(cfg, B, generator, device, dtype))
     if net["init"] == "file":
         ws = [w.to(dtype=dtype, device=device) for w in read_weight_file(net["file"])]
         ws = [w.unsqueeze(0) if w.dim() == 2 else w for w in ws]
@@ -100,6 +106,10 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
             if w.shape[0] not in (1, B):
                 raise ConfigError(f"network.file: W_{p} has batch {w.shape[0]}, the run has {B} trajectories (give 1 or {B})")
         return DeepLinearNetwork.from_weights([w.expand(B, -1, -1) for w in ws], requires_grad=False)
+    if net["init"] == "balance_from_gaussian":
+        # square widths (checked by the config); X(0) is the product of the Gaussian layers
+        ws = balance_from_gaussian(net["widths"][0], net["depth"], B, net["scale"], generator=generator, dtype=dtype, device=device)
+        return DeepLinearNetwork.from_weights(ws, requires_grad=False)
     kw = {} if net["std"] is None else {"std": net["std"]}
     if net["init"] == "balanced":
         kw = dict(target=_initial_X(cfg, B, generator, device, dtype), spectrum=net["spectrum"])
@@ -109,9 +119,11 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
 def build_scheme(cfg: dict, energy: Energy, generator: torch.Generator | None = None, beta=None) -> Scheme:
     """The Scheme of cfg['dynamics'] (stochastic ones draw all noise from `generator`)."""
     dyn = cfg["dynamics"]
-    cls = SCHEMES[dyn["scheme"]]
+    cls = scheme_class(dyn["scheme"], cfg["network"]["depth"])
     if beta is None:
         beta = beta_of(cfg, *device_dtype(cfg))
+    if field_runs.is_field_run(cfg):
+        return field_runs.build_scheme(cfg, energy, beta)
     try:
         return cls.from_config(energy, dyn["step_size"], cfg["network"]["depth"], beta=beta, generator=generator,
                                time_scale=dyn["time_scale"], options=dyn["options"])
@@ -127,6 +139,8 @@ def build_observer(cfg: dict, energy: Energy, scheme: Scheme | None = None, beta
         scheme = build_scheme(cfg, energy)
     if beta is None:
         beta = beta_of(cfg, *device_dtype(cfg))
+    if field_runs.is_field_run(cfg):
+        return field_runs.build_observer(cfg, energy, beta)
     return Observer(energy, cfg["network"]["depth"], include=default_include(cfg, type(scheme)), beta=beta)
 
 

@@ -22,13 +22,19 @@ import sys
 
 import yaml
 
-from . import sweep
-from .builders import batch_size
-from .config import ConfigError, load_config, variant_configs
-from .lifecycle import Status
-from .results import ARRAYS, META, read_meta
-from .run_theory import undefined_theory
-from .runner import resume, run
+from ._guard import namespace_problem
+
+if namespace_problem():  # the checkout folder taken for the package: the imports below would fail obscurely
+    print(f"dlnsim: error: {namespace_problem()}", file=sys.stderr)
+    sys.exit(2)
+
+from . import sweep  # noqa: E402
+from .builders import batch_size  # noqa: E402
+from .config import ConfigError, load_config, variant_configs  # noqa: E402
+from .lifecycle import Status  # noqa: E402
+from .results import ARRAYS, META, read_meta  # noqa: E402
+from .run_theory import undefined_theory  # noqa: E402
+from .runner import resume, run  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -67,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR", help="write the result folder exactly here (must not exist or be empty)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run or study from its checkpoint")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary lines")
+    r.add_argument("--allow-showcase-anywhere", action="store_true",
+                   help="let output.showcase write its .png outside <output.dir>/showcase/")
 
     pl = sub.add_parser("plot", help="(re)draw the figures of a result folder from its files")
     pl.add_argument("run_dir", metavar="RUN_DIR")
@@ -99,14 +107,14 @@ def _cmd_run(args) -> int:
         notes = {undefined_theory(c) for _, c in (variant_configs(cfg) or [("run", cfg)])} - {None}
         for note in sorted(notes) if not args.quiet else ():
             print(f"dlnsim: note: {note}", file=sys.stderr)
-        out = run(cfg, args.out, quiet=args.quiet)
+        out = run(cfg, args.out, quiet=args.quiet, allow_showcase_anywhere=args.allow_showcase_anywhere)
     if out.status in (Status.FAILED, Status.DIVERGED) and out.message:
         print(f"dlnsim: error: {out.message} ({out.run_dir})", file=sys.stderr)
     return out.exit_code
 
 
 def _cmd_plot(args) -> int:
-    from .plotting import plot_path  # matplotlib loads only to draw
+    from .plotting import plot_path  # matplotlib is imported only by the commands that draw
     from .sweep.plots import plot_sweep
 
     d = args.run_dir
@@ -148,11 +156,13 @@ def _cmd_sweep(args) -> int:
 
 def main(argv=None) -> int:
     """Entry point of the `dlnsim` console script; returns the exit code."""
+    if namespace_problem():  # the checkout folder taken for the package: nothing below would work
+        return _error(namespace_problem())
     args = build_parser().parse_args(argv)
     handlers = {"run": _cmd_run, "plot": _cmd_plot, "validate": _cmd_validate, "sweep": _cmd_sweep}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (ConfigError, ValueError, OSError) as e:  # user errors and the environment: one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         return _error(msg)
     except KeyboardInterrupt:

@@ -22,13 +22,17 @@ decisions of dlnsim.run_theory, never a list of names kept here.
 from __future__ import annotations
 
 import copy
+import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import yaml
 
+from .dynamics import INFINITE_DEPTH_SCHEMES
 from .dynamics import SCHEMES as SCHEME_CLASSES
+from .dynamics import scheme_class
 from .energies import ENERGIES as ENERGY_CLASSES
 from .network import read_weight_file
 from .observe import ENTROPY_MEASURED_AUTO_MAX, OBSERVABLES
@@ -51,7 +55,11 @@ from .options import (  # noqa: F401  (re-exported: the checkers were defined he
     fail as _fail,
     show as _show,
 )
+from .resources import MAX_STEPS, check_memory, check_threads, step_count
 from .run_theory import reference_flow_applies
+from .field_runs import FIELD_NAMES, check_config as _field_rules
+from .safe_io import FileRefused, load_yaml_text
+from .safe_paths import check_name
 
 __all__ = [
     "ConfigError",
@@ -72,17 +80,34 @@ __all__ = [
 SCHEMES = tuple(SCHEME_CLASSES)
 STOCHASTIC_SCHEMES = tuple(k for k, c in SCHEME_CLASSES.items() if c.stochastic)
 ENERGIES = tuple(ENERGY_CLASSES)
-INITS = ("balanced", "gaussian", "orthogonal", "identity", "residual", "file")
-FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion")
+INITS = ("balanced", "gaussian", "orthogonal", "identity", "residual", "file", "balance_from_gaussian")
+FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion",
+                "fields", "infinite_depth", "balancing")
 
+
+@dataclass(frozen=True)
+class _Depth:
+    """network.depth: a positive integer, or inf (.inf / inf in YAML) for the infinite-depth limit."""
+
+    def __call__(self, v, path):
+        if v is None:
+            return None
+        if v == math.inf or (isinstance(v, str) and v.strip().lower() in ("inf", ".inf")):
+            return math.inf
+        return PosInt()(v, path)
+
+
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+MAX_DEPTH = 10**6  # beyond this even a list of widths is large; no run of such depth fits in memory anyway
 
 O = Option
 SCHEMA: dict[str, dict[str, Option]] = {
     "network": {
         "widths": O(None, "[d_0, ..., d_N] (input first); null: depth+1 copies of width", Widths()),
-        "depth": O(None, "N, the number of layers, when widths is null (null: 2)", PosInt()),
+        "depth": O(None, "N, the number of layers, when widths is null (null: 2); inf: the infinite-depth limit of the end-to-end schemes (time_scale: depth; the network, widths [d, d], only draws X(0))",
+                   _Depth()),
         "width": O(None, "d, the common width, when widths is null (null: 2)", PosInt()),
-        "init": O("balanced", "balanced (any widths: rank <= min width) | gaussian | orthogonal | identity | residual (scale I + std N(0,1)) | file", Choice(INITS)),
+        "init": O("balanced", "balanced (any widths: rank <= min width) | gaussian | orthogonal | identity | residual (scale I + std N(0,1)) | file | balance_from_gaussian (gaussian weights flowed along their fiber to its balanced point)", Choice(INITS)),
         "scale": O(1.0, "balanced: singular values of X(0) when spectrum is null; gaussian: std x sqrt(d_in); orthogonal/identity: factor",
                    Num(gt=0, hint="a positive scale of the initial weights")),
         "spectrum": O(None, "balanced: singular values of X(0) (list of d numbers >= 0; rectangular widths: 1 to min(widths) numbers, a low-rank start); null: all equal to scale",
@@ -93,6 +118,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
                     Matrix(words=("aligned", "gaussian"), nullable=True)),
         "file": O(None, "init: file: .pt (list of tensors W_1..W_N) or .npz (W1..WN), each (d_p, d_{p-1}) or (B, d_p, d_{p-1})",
                   Str(nullable=True)),
+        "field": O("real", "number system of the weights: real | complex | quaternion (docs/theory_complex.md; complex/quaternion: "
+                   "square widths, init balanced|gaussian, matrix_regression, gradient_descent|gradient_flow|end_to_end_flow|free_energy_flow)",
+                   Choice(FIELD_NAMES)),
     },
     "energy": {
         "type": O("matrix_regression", "matrix_regression 1/2||X-Phi||^2 | linear_regression 1/(2n)||XA-Y||^2 | matrix_completion 1/2||mask o (X-Phi)||^2 | weight_decay alpha/2||X||^2",
@@ -103,12 +131,12 @@ SCHEMA: dict[str, dict[str, Option]] = {
                       NumList(ge=0, nullable=True)),
         "rank": O(None, "random target: its rank k <= min(d_N, d_0) (spectrum then lists k values, default ones); null: full rank",
                   Int(ge=1, nullable=True)),
-        "seed": O(0, "seed of the random target and of synthetic regression data (independent of dynamics.seed)", Int(ge=0)),
+        "seed": O(0, "seed of the random target and of synthetic regression data (independent of dynamics.seed)", Int(ge=0, le=SEED_MAX)),
         "mask": O(None, "matrix_completion: observed entries: diag | offdiag | random (uniform, mask_fraction or mask_count) | a 0/1 matrix (d_N x d_0)",
                   Matrix(words=("diag", "offdiag", "random"), nullable=True)),
         "mask_fraction": O(None, "mask: random: the observed share of the entries, in (0, 1]", Num(gt=0, nullable=True)),
         "mask_count": O(None, "mask: random: the number of observed entries (instead of mask_fraction)", Int(ge=1, nullable=True)),
-        "mask_seed": O(None, "mask: random: seed of the mask (null: 0; independent of energy.seed and dynamics.seed)", Int(ge=0, nullable=True)),
+        "mask_seed": O(None, "mask: random: seed of the mask (null: 0; independent of energy.seed and dynamics.seed)", Int(ge=0, le=SEED_MAX, nullable=True)),
         "mask_per_trajectory": O(None, "mask: random: true draws one mask per trajectory (a batch of masks), false/null one for all",
                                  Choice(("true", "false"), nullable=True)),
         "alpha": O(1.0, "weight_decay: alpha in alpha/2 ||X||^2", Num(gt=0, hint="a positive weight-decay strength")),
@@ -126,7 +154,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "beta": O(None, "inverse temperature (> 0), or a list of them run side by side in one batch; null: none (needed by Langevin, RLE and free_energy_flow)",
                   NumList(gt=0, nullable=True, scalar_ok=True, hint="set a positive inverse temperature")),
         "ensemble": O(1, "B, trajectories per beta, run as one batch", Int(ge=1, hint="the ensemble size is at least 1")),
-        "seed": O(0, "seed of the torch.Generator used for the initialisation and all noise", Int(ge=0)),
+        "seed": O(0, "seed of the torch.Generator used for the initialisation and all noise", Int(ge=0, le=SEED_MAX)),
         "time_scale": O("none", "none (A as written) | depth (A/N, the Cohen-Menon-Veraszto normalisation; end-to-end schemes only)",
                         Choice(("none", "depth"))),
         "theory": O("auto", "integrate the end-to-end flow alongside deterministic parameter schemes with square widths (reference_* arrays): auto (only when a figure or observers.include uses it) | true | false",
@@ -146,16 +174,18 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "device": O("cpu", "cpu | cuda | auto (cuda when available)", Choice(("cpu", "cuda", "auto"))),
         "dtype": O("float64", "float64 | float32 (float64 recommended: balancedness drift is O(h^2) per step)",
                    Choice(("float64", "float32"))),
-        "threads": O(None, "torch CPU threads (null: torch's default)", Int(ge=1, nullable=True)),
+        "threads": O(None, "torch CPU threads (null: torch's default), at most the CPUs available", Int(ge=1, nullable=True)),
+        "max_memory_gb": O(None, "refuse a run whose memory estimate exceeds this many GiB (null: 80% of the machine's memory, or of the GPU's)",
+                           Num(gt=0, nullable=True)),
     },
     "output": {
         "dir": O("results", "parent folder of result folders (relative to the working directory)", Str()),
-        "name": O(None, "result folder name prefix (null: the config file's stem); the folder is <dir>/<name>-<timestamp>",
+        "name": O(None, "result folder name prefix (null: the config file's stem): 1-100 of A-Z a-z 0-9 . _ - + = , (starting with a letter or digit); the folder is <dir>/<name>-<timestamp>",
                   Str(nullable=True)),
         "checkpoint_every": O(50, "write checkpoint.pt every k save points (0: only on interrupt)", Int(ge=0)),
         "figures": O(True, "draw figures at the end of the run", Bool()),
         "formats": O(["png", "pdf"], "figure formats", NameList(("png", "pdf"), nullable=False)),
-        "showcase": O(None, "also copy the headline figure (PNG) to this path (e.g. results/showcase/saxe_modes.png)",
+        "showcase": O(None, "also copy the headline figure (PNG) to this path, inside <output.dir>/showcase/ (e.g. results/showcase/saxe_modes.png; elsewhere only with --allow-showcase-anywhere)",
                       Str(nullable=True)),
     },
     "study": {
@@ -189,9 +219,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. dynamics.beta=10")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({_yaml_reason(e)})") from None
+        value = load_yaml_text(raw, f"--set {key}") if raw.strip() else None  # strict: no alias bombs, no duplicate keys
+    except FileRefused as e:
+        raise ConfigError(str(e)) from None
     return key.strip(), value
 
 
@@ -216,18 +246,14 @@ PATH_KEYS = (("network", "file"), ("energy", "data"))
 
 
 def read_yaml(path: str, what: str = "config file") -> dict:
-    """Read a YAML mapping from `path`, or raise ConfigError with a one-line reason."""
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: no such {what}")
-    if os.path.isdir(path):
-        raise ConfigError(f"{path}: is a folder, expected a YAML {what}")
+    """Read a YAML mapping from `path`, or raise ConfigError with a one-line reason (strict YAML:
+    duplicate keys, alias bombs, deep nesting and binary files are refused; dlnsim.safe_io)."""
+    from .safe_io import FileRefused, load_yaml_file
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {_yaml_reason(e)}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+        data = load_yaml_file(path, what)
+    except FileRefused as e:
+        raise ConfigError(str(e)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -294,11 +320,25 @@ def validate(cfg: dict) -> dict:
     for sec, opts in SCHEMA.items():
         body = cfg.get(sec) or {}
         out[sec] = {k: o.check(copy.deepcopy(body.get(k, o.default)), f"{sec}.{k}") for k, o in opts.items()}
+    if out["output"]["name"] is not None:
+        _user_error(check_name, "output.name", out["output"]["name"])
+    for i, var in enumerate(out["study"]["variants"]):
+        _user_error(check_name, f"study.variants[{i}].label", var["label"])
     if out["study"]["variants"]:
         variant_configs(out)  # validates every variant
     else:
         _resolve(out)
     return out
+
+
+def _user_error(check, *args):
+    """check(*args), its ValueError turned into a ConfigError (the message already names the key)."""
+    try:
+        return check(*args)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def variant_configs(cfg: dict) -> list[tuple[str, dict]]:
@@ -323,9 +363,12 @@ def _resolve(c: dict) -> None:
     _energy_rules(c["energy"], c["network"]["widths"])
     _resolve_dynamics(c)
     _resolve_observers(c)
+    _field_rules(c)
     if c["device"]["device"] == "cuda":
         if not torch.cuda.is_available():
             _fail("device.device", "cuda was requested but no CUDA device is available; use cpu or auto")
+    _user_error(check_threads, c["device"]["threads"])
+    _user_error(check_memory, c)  # before anything is allocated: estimate against the limit
 
 
 def _widths(net: dict) -> list[int]:
@@ -337,9 +380,20 @@ def _widths(net: dict) -> list[int]:
         file_widths = _file_widths(net["file"])
     elif net["file"] is not None:
         _fail("network.file", f"is only used with network.init: file (init is {net['init']!r}); remove it or set init: file")
+    if net["depth"] == math.inf:
+        w = net["widths"]
+        if (w is not None and (len(w) != 2 or w[0] != w[1])) or net["init"] in ("file", "balance_from_gaussian"):
+            key = "network.init" if w is None or (len(w) == 2 and w[0] == w[1]) else "network.widths"
+            _fail(key, "depth inf describes only X(0) (widths [d, d]): give network.width, and init balanced, gaussian, orthogonal or identity")
+        width = w[0] if w is not None else (2 if net["width"] is None else net["width"])
+        if net["width"] is not None and net["width"] != width:
+            _fail("network.width", f"is {net['width']} but network.widths is {w}; give only one")
+        return [width, width]
     widths = net["widths"] or file_widths
     if widths is None:
         depth = 2 if net["depth"] is None else net["depth"]
+        if depth > MAX_DEPTH:
+            _fail("network.depth", f"{depth} is more than {MAX_DEPTH} layers, far beyond any memory; reduce network.depth")
         width = 2 if net["width"] is None else net["width"]
         widths = [width] * (depth + 1)
     if file_widths is not None and widths != file_widths:
@@ -355,8 +409,10 @@ def _resolve_network(net: dict, en: dict) -> None:
     widths = _widths(net)
     square = all(w == widths[0] for w in widths)
     d_in, d_out = widths[0], widths[-1]
-    net["widths"], net["depth"] = widths, len(widths) - 1
+    net["widths"], net["depth"] = widths, (math.inf if net["depth"] == math.inf else len(widths) - 1)
     net["width"] = widths[0] if square else None
+    if net["init"] == "balance_from_gaussian" and not square:
+        _fail("network.init", f"'balance_from_gaussian' needs equal widths (the balanced manifold is for square width), got widths {widths}; use gaussian or orthogonal")
     if net["init"] == "balanced" and not square and net["target"] in ("gaussian", "aligned"):
         _fail("network.target", f"{net['target']!r} is for square widths; with widths {widths} give X(0) as a matrix of rank <= {min(widths)} or null (random, spectrum)")
     if net["std"] is not None and net["init"] not in ("gaussian", "residual"):
@@ -411,13 +467,20 @@ def _energy_rules(en: dict, widths: list[int]) -> None:
 def _resolve_dynamics(c: dict) -> None:
     net, dyn = c["network"], c["dynamics"]
     widths, name, h = net["widths"], dyn["scheme"], dyn["step_size"]
-    scheme = SCHEME_CLASSES[name]
+    if net["depth"] == math.inf:
+        if name not in INFINITE_DEPTH_SCHEMES:
+            _fail("dynamics.scheme", f"{name!r} has no infinite-depth limit; with network.depth: inf use {' | '.join(INFINITE_DEPTH_SCHEMES)}")
+        if dyn["time_scale"] != "depth":
+            _fail("dynamics.time_scale", "network.depth: inf needs time_scale: depth (time in units of N: A_N/N has a limit, A_N does not)")
+    scheme = scheme_class(name, net["depth"])
     if dyn["time"] is not None:
-        steps = max(1, round(dyn["time"] / h))
+        steps = _user_error(step_count, dyn["time"], h)
         if dyn["steps"] is not None and dyn["steps"] != steps:
             _fail("dynamics.steps", f"{dyn['steps']} conflicts with dynamics.time = {dyn['time']} / step_size {h} = {steps} steps; give only one")
     else:
         steps = 1000 if dyn["steps"] is None else dyn["steps"]
+        if steps > MAX_STEPS:
+            _fail("dynamics.steps", f"{steps} is more than any run can take ({MAX_STEPS:.0e}); reduce dynamics.steps")
     dyn["steps"], dyn["time"] = steps, steps * h
     if scheme.needs_beta and dyn["beta"] is None:
         _fail("dynamics.beta", f"scheme {name!r} needs an inverse temperature; set dynamics.beta (e.g. 10)")
@@ -443,6 +506,9 @@ def _resolve_observers(c: dict) -> None:
     square = all(w == widths[0] for w in widths)
     if obs["entropy_measured"] == "true" and not (square and scheme.space == "parameters"):
         _fail("observers.entropy_measured", f"needs a parameter-space scheme and square widths (scheme {scheme.name!r}, widths {widths}); use auto or false")
+    asked = [n for n in (obs["include"] or ()) if n in ("entropy_formula", "entropy_measured")]
+    if asked and not square:
+        _fail("observers.include", f"{', '.join(asked)}: S(X) is defined for square widths only, widths are {widths}; remove them")
     if obs["include"] is not None and "free_energy" in obs["include"] and c["dynamics"]["beta"] is None:
         _fail("observers.include", "free_energy needs dynamics.beta; set it or remove free_energy")
 

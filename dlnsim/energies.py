@@ -216,6 +216,10 @@ class MatrixCompletion(Energy):
             fail("energy.mask", "matrix_completion needs the observed entries: diag | offdiag | random | a 0/1 matrix")
         if isinstance(m, list) and (len(m), len(m[0])) != (d_out, d_in):
             fail("energy.mask", f"must be d_N x d_0 = {d_out}x{d_in}, got {len(m)}x{len(m[0])}")
+        if isinstance(m, list):
+            bad = [v for row in m for v in row if v not in (0, 1)]
+            if bad:
+                fail("energy.mask", f"entries must be 0 (hidden) or 1 (observed), got {bad[0]!r}")
         random_keys = ("mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")
         if m != "random":
             for k in random_keys:
@@ -364,12 +368,21 @@ def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:
 def _check_data_file(path: str, d_in: int, d_out: int) -> None:
     if not os.path.isfile(path):
         fail("energy.data", f"no such file {path}")
+    import zipfile
+
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             A, Y = z["inputs"], z["outputs"]
     except KeyError:
         fail("energy.data", f"{path} must hold arrays 'inputs' (d_0, n) and 'outputs' (d_N, n)")
-    except (OSError, ValueError) as e:
-        fail("energy.data", f"cannot read {path}: {str(e).splitlines()[0]}")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = "not an .npz archive of numeric arrays" if "pickle" in str(e) else str(e).splitlines()[0][:120]
+        fail("energy.data", f"cannot read {path}: {why}")
     if A.ndim != 2 or Y.ndim != 2 or A.shape[0] != d_in or Y.shape[0] != d_out or A.shape[1] != Y.shape[1]:
         fail("energy.data", f"inputs {A.shape} and outputs {Y.shape} must be ({d_in}, n) and ({d_out}, n) for the network widths")
+    if A.shape[1] == 0:
+        fail("energy.data", f"{path} holds no samples (n = 0); give at least one column of inputs and outputs")
+    if not (np.issubdtype(A.dtype, np.number) and np.issubdtype(Y.dtype, np.number)):
+        fail("energy.data", f"inputs and outputs in {path} must be numeric arrays, got {A.dtype} and {Y.dtype}")
+    if not (np.isfinite(A).all() and np.isfinite(Y).all()):
+        fail("energy.data", f"{path} has non-finite entries (NaN or inf) in inputs or outputs; give finite data")

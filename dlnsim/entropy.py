@@ -21,7 +21,7 @@ import math
 import torch
 
 from ._checks import check_depth, check_full_rank, check_matrix, check_square_weights
-from .spectral import dlog_kernel_ds, log_kernel
+from .spectral import dlog_kernel_ds, log_kernel, log_kernel_inf
 
 __all__ = [
     "log_orthogonal_volume",
@@ -48,8 +48,14 @@ def _upper_pairs(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def entropy_from_singular_values(s: torch.Tensor, depth: int) -> torch.Tensor:
-    """S as a function of the singular values s (..., d) of X; shape (...,). No rank check."""
+    """S as a function of the singular values s (..., d) of X; shape (...,). No rank check.
+
+    depth = inf gives the renormalized limit S_inf = 1/2 sum_{i<j} log K^inf_ij
+    (S_N minus its divergent part (N-1) log c_d + (d(d-1)/4) log N; `dlnsim.depth_limit`).
+    """
     i, j = _upper_pairs(s.shape[-1], s.device)
+    if depth == math.inf:
+        return 0.5 * log_kernel_inf(s)[..., i, j].sum(dim=-1)
     logK = log_kernel(s, depth)[..., i, j]
     const = (depth - 1) * log_orthogonal_volume(s.shape[-1])
     return const + 0.5 * logK.sum(dim=-1)

@@ -13,12 +13,13 @@ negative powers and g^N need full-rank X and raise ValueError otherwise.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ._checks import check_depth, check_full_rank, check_matrix
-from .spectral import log_kernel
+from .spectral import log_kernel, log_kernel_inf
 
 __all__ = [
     "SpectralFrame",
@@ -28,6 +29,12 @@ __all__ = [
     "metric_operator_inv_sqrt",
     "metric",
     "horizontal_lift",
+    "infinite_depth_frame",
+    "metric_operator_inf",
+    "metric_operator_inf_sqrt",
+    "metric_operator_inf_inv",
+    "metric_operator_inf_inv_sqrt",
+    "metric_inf",
 ]
 
 
@@ -134,3 +141,61 @@ def horizontal_lift(weights: list[torch.Tensor], Z: torch.Tensor) -> list[torch.
     prefixes = prefix_products(weights)  # X is the last one; the lift reuses the rest
     Y = metric_operator_inv(prefixes[-1], Z, len(weights))
     return gradient_from_end_to_end(weights, Y, prefixes)
+
+
+# --- the infinite-depth limit A_inf = lim_{N -> inf} A_{N,X} / N ------------------------------------
+
+
+def infinite_depth_frame(X: torch.Tensor) -> SpectralFrame:
+    """The SVD frame of X with the log-mean kernel K^inf (`dlnsim.spectral.log_kernel_inf`); depth = inf.
+
+    A_inf(P) = int_0^1 (X X^T)^{1-u} P (X^T X)^u du = U [K^inf o (U^T P V)] V^T.
+    """
+    d_out, d_in = X.shape[-2], X.shape[-1]
+    U, s, Vh = torch.linalg.svd(X, full_matrices=d_out != d_in)
+    return SpectralFrame(U, s, Vh.mT, math.inf, log_kernel_inf(_pad(s, d_out), _pad(s, d_in)))
+
+
+def _frame_inf(X: torch.Tensor, P: torch.Tensor, need_full_rank: str | None) -> SpectralFrame:
+    check_matrix(X)
+    check_matrix(P, "P")
+    if P.shape[-2:] != X.shape[-2:]:
+        raise ValueError(f"P must have the shape of X's tangent space {tuple(X.shape[-2:])}, got {tuple(P.shape[-2:])}")
+    frame = infinite_depth_frame(X)
+    if need_full_rank is not None:
+        if X.shape[-1] != X.shape[-2]:
+            raise ValueError(f"{need_full_rank} needs square full-rank X, got shape {tuple(X.shape)}")
+        check_full_rank(frame.s, need_full_rank)
+    return frame
+
+
+def metric_operator_inf(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """A_inf(P) = lim A_{N,X}(P)/N = int_0^1 (X X^T)^{1-u} P (X^T X)^u du; (..., d_out, d_in).
+
+    Eigenvalues K^inf_ij = logmean(s_i^2, s_j^2) on u_i v_j^T. Defined for every X (a zero
+    singular value gives K^inf = 0 on its row and column: A_inf is singular there, with no 1/N
+    remainder as at finite depth). Converges at rate 1/N: A_{N,X}/N = (s_i s_j)^{-1/N} K^inf (1 + O(N^-2)).
+    """
+    return _frame_inf(X, P, None).apply(P, 1.0)
+
+
+def metric_operator_inf_sqrt(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """A_inf^{1/2}(P) = U [(K^inf)^{1/2} o (U^T P V)] V^T: the noise factor of the infinite-depth RLE."""
+    return _frame_inf(X, P, None).apply(P, 0.5)
+
+
+def metric_operator_inf_inv(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """A_inf^{-1}(P) = U [(1/K^inf) o (U^T P V)] V^T; (..., d, d). Needs square full-rank X."""
+    return _frame_inf(X, P, "A_inf^{-1}").apply(P, -1.0)
+
+
+def metric_operator_inf_inv_sqrt(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """A_inf^{-1/2}(P); (..., d, d). Needs square full-rank X."""
+    return _frame_inf(X, P, "A_inf^{-1/2}").apply(P, -0.5)
+
+
+def metric_inf(X: torch.Tensor, Z: torch.Tensor, Z2: torch.Tensor | None = None) -> torch.Tensor:
+    """g^inf(X)(Z, Z2) = tr(Z^T A_inf^{-1}(Z2)) = lim N g^N(X)(Z, Z2); shape (...,). X full rank."""
+    frame = _frame_inf(X, Z, "the metric g^inf")
+    Z2 = Z if Z2 is None else Z2
+    return (Z * frame.apply(Z2, -1.0)).sum(dim=(-2, -1))

@@ -326,18 +326,29 @@ def _balanced_target(widths, batch, scale, target, spectrum, generator, dtype, d
 
 def read_weight_file(path: str) -> list[torch.Tensor]:
     """Weights [W_1..W_N] (float64, CPU) from a .pt (a list, or a dict with 'weights') or .npz (W1..WN
-    or W_1..W_N); each (d_p, d_{p-1}) or (B, d_p, d_{p-1}). ConfigError naming network.file on a bad file.
-    The .pt file is read with weights_only=True (no unpickling of arbitrary objects)."""
+    or W_1..W_N); each (d_p, d_{p-1}) or (B, d_p, d_{p-1}), finite. ConfigError naming network.file on a
+    bad file. Nothing is unpickled: .npz with allow_pickle=False, .pt with torch.load(weights_only=True)
+    (dlnsim.safe_io.load_torch_tensors)."""
+    import zipfile
+
+    from .safe_io import load_torch_tensors
+
     if not os.path.isfile(path):
         raise ConfigError(f"network.file: no such file {path}")
     if path.endswith(".npz"):
-        with np.load(path) as z:
-            keys = sorted((k for k in z.files if k.lstrip("W_").isdigit()), key=lambda k: int(k.lstrip("W_")))
-            if not keys:
-                raise ConfigError(f"network.file: {path} holds no arrays named W1..WN (or W_1..W_N)")
-            ws = [torch.as_tensor(z[k], dtype=torch.float64) for k in keys]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = sorted((k for k in z.files if k.lstrip("W_").isdigit()), key=lambda k: int(k.lstrip("W_")))
+                if not keys:
+                    raise ConfigError(f"network.file: {path} holds no arrays named W1..WN (or W_1..W_N)")
+                ws = [torch.as_tensor(z[k], dtype=torch.float64) for k in keys]
+        except ConfigError:
+            raise
+        except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            msg = "not an .npz archive of numeric arrays" if "pickle" in str(e) else str(e).splitlines()[0][:120]
+            raise ConfigError(f"network.file: cannot read weights from {path}: {msg}") from None
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_tensors(path, "network.file")
         if isinstance(obj, dict):
             obj = obj.get("weights")
         if not isinstance(obj, (list, tuple)) or not obj or not all(isinstance(w, torch.Tensor) for w in obj):
@@ -346,4 +357,6 @@ def read_weight_file(path: str) -> list[torch.Tensor]:
     for p, W in enumerate(ws, start=1):
         if W.dim() not in (2, 3):
             raise ConfigError(f"network.file: W_{p} must have shape (d_p, d_(p-1)) or (B, d_p, d_(p-1)), got {tuple(W.shape)}")
+        if not bool(torch.isfinite(W).all()):
+            raise ConfigError(f"network.file: W_{p} in {path} has non-finite entries (NaN or inf); give finite weights")
     return ws

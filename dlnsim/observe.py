@@ -10,9 +10,10 @@ arrays, each with the batch dim first, when it applies to the state, and the run
     free_energy       (B,)        E - S/beta (square X, when beta is given)
     balancedness      (B, N-1)    ||G_p(t) - G_p(0)||_F   (parameter schemes, N >= 2), with
       balancedness_norm (B, N-1)  ||G_p(t)||_F
-      balancedness_rel  (B,)      max_p ||G_p(t) - G_p(0)||_F / sum_p ||W_p||_F^2
+      balancedness_rel  (B,)      max_p ||G_p(t) - G_p(0)||_F / sum_p ||W_p||_F^2 (the absolute drift where W = 0)
     entropy_measured  (B,)        log-volume of the orbit through W (square widths, parameter schemes)
     reference_distance (B,)       ||X - X_ref||_F / ||X_ref||_F against a reference (theory) state
+                                  (||X - X_ref||_F where X_ref = 0)
     norms             (B,) each   nuclear_norm, frobenius_norm, spectral_norm of X   (not recorded unless asked for)
     effective_rank    (B,)        exp of the entropy of s/||s||_1 (Roy & Vetterli)  (not recorded unless asked for)
     completion_error  (B,) each   matrix_completion: test_error (unobserved entries), train_error (observed),
@@ -112,12 +113,17 @@ def _balancedness(ctx: Context) -> dict:
         drift = (G - G0).flatten(-2).norm(dim=-1)
         norm = G.flatten(-2).norm(dim=-1)
     wsq = sum((W * W).sum(dim=(-2, -1)) for W in weights)
-    return {"balancedness": drift, "balancedness_norm": norm, "balancedness_rel": drift.amax(dim=-1) / wsq}
+    top = drift.amax(dim=-1)
+    # at W = 0 (sum ||W_p||^2 = 0) the relative drift is 0/0: report the absolute drift there
+    return {"balancedness": drift, "balancedness_norm": norm,
+            "balancedness_rel": torch.where(wsq > 0, top / torch.where(wsq > 0, wsq, 1.0), top)}
 
 
 def _reference_distance(ctx: Context) -> dict:
     Xr = ctx.reference.end_to_end()
-    return {"reference_distance": (ctx.X - Xr).flatten(-2).norm(dim=-1) / Xr.flatten(-2).norm(dim=-1)}
+    dist, ref = (ctx.X - Xr).flatten(-2).norm(dim=-1), Xr.flatten(-2).norm(dim=-1)
+    # X_ref = 0 (e.g. a start at X = 0, a fixed point): the absolute distance instead of 0/0
+    return {"reference_distance": torch.where(ref > 0, dist / torch.where(ref > 0, ref, 1.0), dist)}
 
 
 def _select_entropy_measured(cfg: dict, scheme_cls: type) -> bool:

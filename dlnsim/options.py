@@ -108,11 +108,15 @@ class Int:
     ge: int | None = None
     nullable: bool = False
     hint: str = ""
+    le: int | None = None
 
     def __call__(self, v, path):
         if v is None and self.nullable:
             return None
-        return _bound(_as_int(v, path, _h(self.hint)), path, None, self.ge, _h(self.hint))
+        v = _bound(_as_int(v, path, _h(self.hint)), path, None, self.ge, _h(self.hint))
+        if self.le is not None and v > self.le:
+            fail(path, f"must be <= {self.le}, got {show(v)}{_h(self.hint)}")
+        return v
 
 
 @dataclass(frozen=True)

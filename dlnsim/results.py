@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -83,13 +84,27 @@ def write_config(run_dir: str, cfg: dict) -> None:
 
 
 def read_config(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, CONFIG), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """The folder's config.yaml, read as strict YAML (a user may have edited it); FileRefused (a
+    ValueError, one line) if it is not a readable YAML mapping."""
+    from .safe_io import FileRefused, load_yaml_file
+
+    data = load_yaml_file(os.path.join(run_dir, CONFIG), "run config")
+    if not isinstance(data, dict):
+        raise FileRefused(f"{os.path.join(run_dir, CONFIG)}: must be a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def read_meta(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, META), encoding="utf-8") as f:
-        return json.load(f)
+    """meta.json as a dict; ValueError (one line, naming the file) if it is not a JSON object."""
+    path = os.path.join(run_dir, META)
+    with open(path, encoding="utf-8") as f:
+        try:
+            meta = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def write_meta(run_dir: str, meta: dict) -> None:
@@ -155,28 +170,98 @@ def write_metrics(run_dir: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def save_checkpoint(run_dir: str, payload: dict) -> None:
-    """torch.save(payload) atomically; payload["scheme_private"] (scheme caches) is dropped if it
-    cannot be pickled (a resumed run then recomputes the caches: correct, but not bit-identical)."""
-    import pickle
-
-    import torch
+    """Write payload atomically as an .npz of tensors plus a JSON tree (dlnsim.safe_io.save_tree:
+    no pickle, so loading it can run no code). payload["scheme_private"] (scheme caches) is dropped
+    if it holds an object the format cannot store (a resumed run then recomputes the caches:
+    correct, but not bit-identical)."""
+    from .safe_io import save_tree
 
     path = os.path.join(run_dir, CHECKPOINT)
+
+    def write(p):
+        def w(f):
+            save_tree(f, p)
+            _test_enospc()
+        return w
+
     try:
-        _atomic(path, lambda f: torch.save(payload, f), mode="wb")
-    except (pickle.PicklingError, TypeError, AttributeError):
+        _atomic(path, write(payload), mode="wb")
+    except TypeError:
         if not payload.get("scheme_private"):
             raise
-        _atomic(path, lambda f: torch.save(dict(payload, scheme_private={}), f), mode="wb")
+        _atomic(path, write(dict(payload, scheme_private={})), mode="wb")
+
+
+_CHECKPOINTS_WRITTEN = [0]
+
+
+def _test_enospc() -> None:
+    """Test hook DLNSIM_TEST_ENOSPC_AFTER_CHECKPOINTS=k: checkpoint writes after the k-th fail as on a
+    full disk (after their bytes went to the temporary file), for the suite's full-disk test."""
+    k = os.environ.get("DLNSIM_TEST_ENOSPC_AFTER_CHECKPOINTS")
+    if k is None:
+        return
+    _CHECKPOINTS_WRITTEN[0] += 1
+    if _CHECKPOINTS_WRITTEN[0] > int(k):
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+# Keys that do not change the numbers of a run: editing them between interrupt and resume is fine.
+_VOLATILE = {"output": None, "device": ("threads", "max_memory_gb"), "study": None}
+
+
+def run_identity(cfg: dict) -> dict:
+    """What a checkpoint must match to be resumed: a hash of the resolved config (without the keys
+    that do not change the numbers: output.*, device.threads, device.max_memory_gb) and the dlnsim
+    version that wrote it."""
+    import hashlib
+
+    core = {}
+    for sec, body in cfg.items():
+        if sec in _VOLATILE and _VOLATILE[sec] is None:
+            continue
+        drop = _VOLATILE.get(sec) or ()
+        core[sec] = {k: v for k, v in (body or {}).items() if k not in drop} if isinstance(body, dict) else body
+    text = json.dumps(core, sort_keys=True, default=str, separators=(",", ":"))
+    return {"config_sha256": hashlib.sha256(text.encode()).hexdigest(), "dlnsim": __version__}
+
+
+_TEMP = re.compile(r".+\.tmp\d+(-\d+)?$")
+
+
+def clean_temp_files(folder: str) -> list[str]:
+    """Remove the temporary files of interrupted atomic writes (`<name>.tmp<pid>[-<thread>]`) in a
+    run folder and its figures/; call it only while holding the folder's lock. Returns their names."""
+    removed = []
+    for sub in (folder, os.path.join(folder, FIGURES)):
+        try:
+            names = os.listdir(sub)
+        except OSError:
+            continue
+        for n in names:
+            if _TEMP.fullmatch(n):
+                try:
+                    os.remove(os.path.join(sub, n))
+                    removed.append(n)
+                except OSError:
+                    pass
+    return removed
 
 
 def load_checkpoint(run_dir: str) -> dict | None:
-    import torch
+    """The payload saved by save_checkpoint, or None; a file that is not a dlnsim checkpoint (a
+    pickle included: never unpickled) raises safe_io.FileRefused (a ValueError, one line)."""
+    from .safe_io import FileRefused, load_tree
 
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    tree = load_tree(path, "checkpoint")
+    if not isinstance(tree, dict):
+        raise FileRefused(f"{path}: not a dlnsim checkpoint (its top level is not a mapping)")
+    return tree
 
 
 def _git_commit() -> str | None:

@@ -21,9 +21,12 @@ figures and the sweep summaries agree by construction.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
+from .depth_limit import saxe_mode_inf
 from .dynamics import SCHEMES
 from .energies import target_matrix
 from .gibbs import SingularValueLaw
@@ -79,7 +82,7 @@ def saxe_setting(cfg: dict) -> bool:
     aligned with the target, a deterministic gradient scheme without entropic drift?"""
     net, scheme = cfg["network"], SCHEMES[cfg["dynamics"]["scheme"]]
     return (cfg["energy"]["type"] == "matrix_regression" and net["init"] == "balanced" and net["target"] == "aligned"
-            and not scheme.stochastic and not scheme.needs_beta)
+            and not scheme.stochastic and not scheme.needs_beta and scheme.reference_flow)
 
 
 def saxe_reference(cfg: dict, t: np.ndarray) -> np.ndarray | None:
@@ -89,6 +92,9 @@ def saxe_reference(cfg: dict, t: np.ndarray) -> np.ndarray | None:
     net, dyn = cfg["network"], cfg["dynamics"]
     lam = torch.linalg.svdvals(target_matrix(cfg["energy"], net["widths"]))
     N = net["depth"]
+    if N == math.inf:  # du/dt = u^2 (lambda - u), time in units of N (the only time scale at depth inf)
+        u = saxe_mode_inf(torch.as_tensor(t, dtype=torch.float64).unsqueeze(-1), lam, initial_spectrum(cfg))
+        return u.sort(dim=-1, descending=True).values.numpy()
     scale = 1.0 / N if dyn["time_scale"] == "depth" else 1.0
     tt = torch.as_tensor(t, dtype=torch.float64).unsqueeze(-1) * scale
     u = saxe_mode(tt, lam, initial_spectrum(cfg), N)
@@ -108,7 +114,8 @@ def reference_flow_applies(cfg: dict) -> bool:
     scheme without entropic drift, square widths (dynamics.theory: true is refused otherwise)."""
     scheme = SCHEMES[cfg["dynamics"]["scheme"]]
     return (scheme.space == "parameters" and not scheme.stochastic and not scheme.needs_beta and _square(cfg)
-            and len(cfg["network"]["widths"]) > 1)
+            and scheme.reference_flow and len(cfg["network"]["widths"]) > 1
+            and cfg["network"].get("field", "real") == "real")
 
 
 def wants_reference_flow(cfg: dict, study_figure: str | None = None) -> bool:
@@ -138,8 +145,10 @@ def wants_reference_flow(cfg: dict, study_figure: str | None = None) -> bool:
 def gibbs_setting(cfg: dict) -> bool:
     """Does the run sample a Gibbs law we can draw: a stochastic scheme, E = alpha/2 ||X||^2, square d <= 3?"""
     w = cfg["network"]["widths"]
+    # depth inf: exp(-beta E + S_inf) dvol has density ~ prod s_i^{-1} near s_i = 0, not normalizable: no law
     return (cfg["energy"]["type"] == "weight_decay" and SCHEMES[cfg["dynamics"]["scheme"]].stochastic
-            and _square(cfg) and w[0] <= GIBBS_MAX_WIDTH and cfg["dynamics"]["beta"] is not None)
+            and _square(cfg) and w[0] <= GIBBS_MAX_WIDTH and cfg["dynamics"]["beta"] is not None
+            and cfg["network"]["depth"] != math.inf)
 
 
 def gibbs_law(cfg: dict, beta: float):

@@ -17,7 +17,7 @@ folder needs around it:
 - studies (study.variants): one run folder per variant under runs/, and the study's figure.
 
 Test hooks (environment variables, for the test suite only): DLNSIM_TEST_INTERRUPT_AT_STEP=k sends
-this process SIGINT (or DLNSIM_TEST_INTERRUPT_SIGNAL=TERM) after step k; DLNSIM_TEST_STEP_SLEEP=s
+this process SIGINT (or DLNSIM_TEST_INTERRUPT_SIGNAL=TERM, or KILL) after step k; DLNSIM_TEST_STEP_SLEEP=s
 sleeps s seconds per step so that a test can signal a run from outside at a predictable point.
 """
 from __future__ import annotations
@@ -50,6 +50,8 @@ from .config import ConfigError, validate, variant_configs
 from .lifecycle import EXIT_CODES, Status, StopSignal, kill_with_default
 from .network import read_weight_file  # noqa: F401
 from .run_theory import saxe_reference, theory_arrays  # noqa: F401
+from .runlock import RunLock
+from .safe_paths import check_showcase
 from .simulation import Diverged, Simulation
 
 __all__ = [
@@ -84,7 +86,7 @@ def _progress(total: int, initial: int, desc: str, quiet: bool):
 def _test_hooks():
     """on_step callback of the test hooks (module docstring), or None when none is set."""
     at = int(os.environ.get("DLNSIM_TEST_INTERRUPT_AT_STEP", "-1"))
-    sig = signal.SIGTERM if os.environ.get("DLNSIM_TEST_INTERRUPT_SIGNAL", "INT") == "TERM" else signal.SIGINT
+    sig = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}.get(os.environ.get("DLNSIM_TEST_INTERRUPT_SIGNAL", "INT"), signal.SIGINT)
     sleep = float(os.environ.get("DLNSIM_TEST_STEP_SLEEP", "0"))
     if at < 0 and not sleep:
         return None
@@ -110,8 +112,50 @@ def _arrays(cfg: dict, sim: Simulation) -> dict[str, np.ndarray]:
     return out
 
 
-def _checkpoint(sim: Simulation, generator: torch.Generator) -> dict:
-    return dict(sim.state_dict(), generator=generator.get_state())
+def _checkpoint(sim: Simulation, generator: torch.Generator, cfg: dict) -> dict:
+    return dict(sim.state_dict(), generator=generator.get_state(), identity=R.run_identity(cfg))
+
+
+# A scheme counter above this fraction of the steps is a failure a user must hear about.
+WARN_FRACTION = 0.05
+_FAILURE_COUNTERS = {"projection_failures": "projections failed", "safeguard_rejections": "safeguard rejections",
+                     "reverse_failures": "reverse projections failed"}
+
+
+def _scheme_warnings(sim: Simulation) -> list[str]:
+    """One line per scheme counter (projection failures, safeguard rejections, Metropolis reverse
+    failures) above WARN_FRACTION of the steps, and for chains that never moved."""
+    st, steps = sim.state.stats, max(int(sim.state.step), 1)
+    out = []
+    for k, what in _FAILURE_COUNTERS.items():
+        if k in st:
+            frac = st[k].double() / steps
+            mean, worst = float(frac.mean()), float(frac.max())
+            if worst > WARN_FRACTION:
+                out.append(f"{what} in {mean:.1%} of steps (worst trajectory {worst:.1%}; above {WARN_FRACTION:.0%}): "
+                           "the chains are not sampling the law (check dynamics.options tol, device.dtype, dynamics.step_size)")
+    stuck = None
+    if "accepted" in st:
+        stuck = int((st["accepted"] == 0).sum())
+    elif "projection_failures" in st:
+        rejected = st["projection_failures"] + st.get("safeguard_rejections", torch.zeros_like(st["projection_failures"]))
+        stuck = int((rejected >= steps).sum())
+    if stuck:
+        out.append(f"{stuck} of {st[next(iter(st))].shape[0]} chains never moved in {steps} steps: they are not samples")
+    return out
+
+
+def _figures_safely(run_dir: str, cfg: dict, study: bool, quiet: bool) -> tuple[list[str], str | None]:
+    """Figures, or ([], the error in one line): a figure failure never loses or relabels the data."""
+    try:
+        if os.environ.get("DLNSIM_TEST_FIGURE_FAIL"):
+            raise RuntimeError("test hook DLNSIM_TEST_FIGURE_FAIL")
+        return _figures(run_dir, cfg, study), None
+    except Exception as e:  # noqa: BLE001 - any plotting error: the data and the status stand
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(f"dlnsim: warning: figures not drawn ({msg}); the data is complete: retry with dlnsim plot {run_dir}",
+              file=sys.stderr)
+        return [], msg
 
 
 def _figures(run_dir: str, cfg: dict, study: bool = False) -> list[str]:
@@ -122,10 +166,15 @@ def _figures(run_dir: str, cfg: dict, study: bool = False) -> list[str]:
     return (plotting.plot_study if study else plotting.plot_run)(run_dir, formats=cfg["output"]["formats"])
 
 
-def _copy_showcase(cfg: dict, figures: list[str], quiet: bool) -> None:
+def _copy_showcase(cfg: dict, figures: list[str], quiet: bool, allow_anywhere: bool = False) -> None:
     dest = cfg["output"]["showcase"]
     pngs = [f for f in figures if f.endswith(".png")]
     if dest and pngs:
+        try:  # checked again here: a resumed folder's config.yaml may have been edited
+            dest = check_showcase(dest, cfg["output"]["dir"], allow_anywhere)
+        except ValueError as e:
+            print(f"dlnsim: warning: figure not copied ({e})", file=sys.stderr)
+            return
         os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
         shutil.copyfile(pngs[0], dest)
         if not quiet:
@@ -143,8 +192,12 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
     ck = R.load_checkpoint(run_dir) if meta.get("status") != Status.COMPLETED and meta.get("started") else None
     if ck is not None:
         sim, generator = build_simulation(cfg, study_figure, fresh=False)
-        sim.load_state_dict(ck, device_dtype(cfg)[0])
-        generator.set_state(ck["generator"])
+        try:
+            sim.load_state_dict(ck, device_dtype(cfg)[0])
+            generator.set_state(ck["generator"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+            raise ConfigError(f"{os.path.join(run_dir, R.CHECKPOINT)}: does not fit this run "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); remove it to start over") from None
         R.update_meta(run_dir, resumed=meta.get("resumed", []) + [R.now()], status=Status.RUNNING)
     else:
         sim, generator = built or build_simulation(cfg, study_figure)
@@ -159,7 +212,7 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
         if not bar.disable:
             bar.set_postfix(loss=f"{float(s.saved[-1]['loss'].mean()):.3g}", refresh=False)
         if ck_every and len(s.saved) % ck_every == 0 and s.state.step < n_steps:
-            R.save_checkpoint(run_dir, _checkpoint(s, generator))
+            R.save_checkpoint(run_dir, _checkpoint(s, generator, cfg))
 
     fields: dict = {}
     try:
@@ -178,13 +231,22 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
     R.write_arrays(run_dir, arrays)
     R.write_metrics(run_dir, arrays)
     if status == Status.INTERRUPTED:
-        R.save_checkpoint(run_dir, _checkpoint(sim, generator))
+        R.save_checkpoint(run_dir, _checkpoint(sim, generator, cfg))
     elif os.path.exists(os.path.join(run_dir, R.CHECKPOINT)):
         os.remove(os.path.join(run_dir, R.CHECKPOINT))  # nothing left to resume
+    if status != Status.INTERRUPTED:
+        warnings = _scheme_warnings(sim)
+        fields["warnings"] = warnings
+        for w in warnings:
+            print(f"dlnsim: warning: {'' if study_figure is None else os.path.basename(run_dir) + ': '}{w}", file=sys.stderr)
+        R.update_meta(run_dir, warnings=warnings)  # before the figures, which show them in their title
     if study_figure is None and status in (Status.COMPLETED, Status.DIVERGED) and sim.saved:
-        figs = _figures(run_dir, cfg)
-        if status == Status.COMPLETED:
-            _copy_showcase(cfg, figs, quiet)
+        figs, fig_error = _figures_safely(run_dir, cfg, False, quiet)
+        if fig_error:
+            fields["figure_error"] = fig_error
+        elif status == Status.COMPLETED:
+            _copy_showcase(cfg, figs, quiet, _SHOWCASE_ANYWHERE[0])
+    R.clean_temp_files(run_dir)
     wall = meta.get("wall_time_s", 0.0) + time.time() - t0
     R.update_meta(run_dir, end_time=R.now(), wall_time_s=round(wall, 3), steps_done=sim.state.step,
                   t_reached=sim.state.t, n_saved=len(sim.saved), message=message, **fields, status=status)
@@ -201,11 +263,19 @@ def _new_meta(cfg: dict, kind: str) -> dict:
 
 
 def _prepare(run_dir: str | None, cfg: dict) -> str:
+    """Create the run folder (one line naming the key or option on failure)."""
     if run_dir is None:
-        return R.make_run_dir(cfg["output"]["dir"], cfg["output"]["name"])
+        try:
+            return R.make_run_dir(cfg["output"]["dir"], cfg["output"]["name"])
+        except OSError as e:
+            raise ConfigError(f"output.dir: cannot create a result folder in {cfg['output']['dir']} ({e.strerror or e}); "
+                              "choose a writable folder") from None
     if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
         raise ConfigError(f"--out {run_dir}: exists and is not an empty folder; results are never overwritten (choose a new folder)")
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {run_dir}: cannot create the folder ({e.strerror or e}); choose another path") from None
     return run_dir
 
 
@@ -214,29 +284,112 @@ def _fail_dir(run_dir: str, exc: BaseException, user: bool) -> Outcome:
     try:
         R.update_meta(run_dir, end_time=R.now(), message=msg,
                       **({} if user else {"traceback": traceback.format_exc()}), status=Status.FAILED)
-    except OSError:
+    except (OSError, ValueError):
         pass
     return Outcome(Status.FAILED, run_dir, msg, EXIT_CODES["user_error" if user else Status.FAILED])
 
 
-def run(cfg: dict, run_dir: str | None = None, *, quiet: bool = False) -> Outcome:
+def _fail_write(run_dir: str, exc: OSError) -> Outcome:
+    """A write failed (full disk, quota, permissions): the last good checkpoint stays, partial
+    temporary files go, and the folder says `failed` with the reason if it still can."""
+    msg = f"cannot write to {run_dir}: {exc.strerror or exc}; the last checkpoint is kept: free space, then dlnsim run --resume {run_dir}"
+    R.clean_temp_files(run_dir)
+    try:
+        R.update_meta(run_dir, end_time=R.now(), message=msg, status=Status.FAILED)
+    except (OSError, ValueError):
+        pass
+    R.clean_temp_files(run_dir)
+    return Outcome(Status.FAILED, run_dir, msg, EXIT_CODES[Status.FAILED])
+
+
+_SHOWCASE_ANYWHERE = [False]  # run(..., allow_showcase_anywhere=True) for the duration of the call
+
+
+def _test_signal_after_mkdir() -> None:
+    """Test hook DLNSIM_TEST_SIGNAL_AFTER_MKDIR=TERM|INT: signal this process right after the run
+    folder is created (the window before config.yaml and meta.json exist)."""
+    which = os.environ.get("DLNSIM_TEST_SIGNAL_AFTER_MKDIR")
+    if which:
+        os.kill(os.getpid(), signal.SIGTERM if which == "TERM" else signal.SIGINT)
+
+
+def run(cfg: dict, run_dir: str | None = None, *, quiet: bool = False, allow_showcase_anywhere: bool = False) -> Outcome:
     """Run a resolved config (a plain run or a study) into a new result folder.
 
     run_dir: the folder to write (must not exist or be empty); default <output.dir>/<name>-<stamp>.
     Errors in the config surface as ConfigError before any folder is created. Returns the Outcome;
     library ValueErrors during the run mark the folder 'failed' (exit code 2).
+    allow_showcase_anywhere: output.showcase may name any .png path (else only <output.dir>/showcase/).
     """
     variants = variant_configs(cfg)
+    try:
+        check_showcase(cfg["output"]["showcase"], cfg["output"]["dir"], allow_showcase_anywhere)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     # build a plain run before creating the folder, so that errors leave nothing behind
-    built = None if variants else build_simulation(cfg)
-    run_dir = _prepare(run_dir, cfg)
-    R.write_config(run_dir, cfg)
-    R.write_meta(run_dir, _new_meta(cfg, "study" if variants else "run"))
-    return _execute(run_dir, cfg, variants, quiet, built)
+    try:
+        built = None if variants else build_simulation(cfg)
+    except Diverged as e:
+        raise ConfigError(f"network: the initial state is not finite ({e.quantity} at step 0); reduce network.scale "
+                          "or check network.file / network.target") from None
+    widths = cfg["network"]["widths"] or []
+    if not variants and not quiet and cfg["observers"]["include"] is None and len(set(widths)) > 1:
+        print(f"dlnsim: note: no entropy is recorded: S(X) is defined for square widths only, these are rectangular ({widths})", file=sys.stderr)
+    # the signal handlers go in before anything touches the disk: a signal in between still ends
+    # with a complete, resumable folder (config.yaml, meta.json, status interrupted)
+    _SHOWCASE_ANYWHERE[0] = allow_showcase_anywhere
+    try:
+        with StopSignal(on_second=kill_with_default) as stop:
+            run_dir = _prepare(run_dir, cfg)
+            _test_signal_after_mkdir()
+            with RunLock(run_dir):
+                R.write_config(run_dir, cfg)
+                R.write_meta(run_dir, _new_meta(cfg, "study" if variants else "run"))
+                return _execute(run_dir, cfg, variants, quiet, built, stop)
+    finally:
+        _SHOWCASE_ANYWHERE[0] = False
+
+
+def _folders_to_resume(run_dir: str, cfg: dict, variants) -> list[tuple[str, dict]]:
+    return [(run_dir, cfg)] if not variants else [(os.path.join(run_dir, R.RUNS, lb), sub) for lb, sub in variants]
+
+
+def _check_checkpoints(run_dir: str, cfg: dict, variants) -> None:
+    """Before any step: every checkpoint of the folder loads safely and was written by this config
+    (hash of the resolved config) and this dlnsim version; else ConfigError (one line)."""
+    from ._version import __version__
+
+    for folder, sub in _folders_to_resume(run_dir, cfg, variants):
+        ck = R.load_checkpoint(folder)
+        if ck is None:
+            continue
+        ident, want = ck.get("identity"), R.run_identity(sub)
+        where = os.path.join(folder, R.CHECKPOINT)
+        if not isinstance(ident, dict):
+            raise ConfigError(f"--resume {run_dir}: {where} carries no run identity (written by another program or an older dlnsim); "
+                              "remove it to start the run over")
+        if ident.get("dlnsim") != __version__:
+            raise ConfigError(f"--resume {run_dir}: the checkpoint was written by dlnsim {ident.get('dlnsim')}, this is {__version__}; "
+                              "resume with that version, or start a new run")
+        if ident.get("config_sha256") != want["config_sha256"]:
+            raise ConfigError(f"--resume {run_dir}: config.yaml no longer matches the checkpoint {where} (the config was edited "
+                              "since the run started, or the checkpoint belongs to another run); resuming would mix two runs: "
+                              "start a new run with the edited config")
+        weights = (ck.get("state") or {}).get("weights")
+        widths, B = sub["network"]["widths"], batch_size(sub)
+        if weights is not None:
+            shapes = [tuple(w.shape) for w in weights] if isinstance(weights, list) and all(hasattr(w, "shape") for w in weights) else None
+            need = [(B, widths[p], widths[p - 1]) for p in range(1, len(widths))]
+            if shapes != need:
+                raise ConfigError(f"--resume {run_dir}: {where} holds weights of shapes {shapes}, this run needs {need}; "
+                                  "remove it to start over")
 
 
 def resume(run_dir: str, *, quiet: bool = False) -> Outcome:
-    """Continue an interrupted run or study folder from its checkpoint(s)."""
+    """Continue an interrupted run or study folder from its checkpoint(s).
+
+    The folder is locked (one writer), stale temporary files are removed, and every checkpoint is
+    checked against the folder's config before any step (ConfigError on a mismatch)."""
     if not os.path.isdir(run_dir) or not os.path.exists(os.path.join(run_dir, R.META)):
         raise ConfigError(f"--resume {run_dir}: not a dlnsim result folder (no meta.json)")
     meta = R.read_meta(run_dir)
@@ -244,23 +397,31 @@ def resume(run_dir: str, *, quiet: bool = False) -> Outcome:
         raise ConfigError(f"--resume {run_dir}: the run is already completed")
     if meta.get("status") == Status.DIVERGED and not meta.get("study"):
         raise ConfigError(f"--resume {run_dir}: the run diverged; start a new run with a smaller dynamics.step_size")
-    cfg = validate(R.read_config(run_dir))
-    R.update_meta(run_dir, commands=meta.get("commands", []) + [R.environment()["command"]], status=Status.RUNNING)
-    return _execute(run_dir, cfg, variant_configs(cfg), quiet)
-
-
-def _execute(run_dir: str, cfg: dict, variants, quiet: bool, built=None) -> Outcome:
     with StopSignal(on_second=kill_with_default) as stop:
+        with RunLock(run_dir):
+            cfg = validate(R.read_config(run_dir))
+            variants = variant_configs(cfg)
+            for folder, _ in _folders_to_resume(run_dir, cfg, variants):
+                R.clean_temp_files(folder)
+            _check_checkpoints(run_dir, cfg, variants)
+            R.update_meta(run_dir, commands=meta.get("commands", []) + [R.environment()["command"]], status=Status.RUNNING)
+            return _execute(run_dir, cfg, variants, quiet, None, stop)
+
+
+def _execute(run_dir: str, cfg: dict, variants, quiet: bool, built, stop: StopSignal) -> Outcome:
+    try:
         if not variants:
             try:
                 out = _run_one(cfg, run_dir, quiet, stop, cfg["output"]["name"], built=built)
             except ValueError as e:
                 return _fail_dir(run_dir, e, user=True)
-            except Exception as e:  # a bug: keep the traceback in meta.json and re-raise
-                _fail_dir(run_dir, e, user=False)
-                raise
         else:
             out = _run_study(cfg, run_dir, variants, quiet, stop)
+    except OSError as e:  # a write failed: full disk, quota, a folder removed under us
+        return _fail_write(run_dir, e)
+    except Exception as e:  # a bug: keep the traceback in meta.json and re-raise
+        _fail_dir(run_dir, e, user=False)
+        raise
     if not quiet:
         print(f"dlnsim: {out.status}: {run_dir}" + (f" ({out.message})" if out.message else ""), file=sys.stderr)
     return out
@@ -276,6 +437,8 @@ def _study_variant(label: str, sub: dict, run_dir: str, quiet: bool, stop: StopS
         return _run_one(sub, sub_dir, quiet, stop, label, study_figure=figure)
     except ValueError as e:
         return _fail_dir(sub_dir, e, user=True)
+    except OSError as e:
+        return _fail_write(sub_dir, e)
     except Exception as e:
         _fail_dir(sub_dir, e, user=False)
         _fail_dir(run_dir, e, user=False)
@@ -304,10 +467,14 @@ def _run_study(cfg: dict, run_dir: str, variants, quiet: bool, stop: StopSignal)
     message = "" if worst == Status.COMPLETED else f"variant {os.path.basename(first.run_dir)}: {first.message}"
     if worst == Status.INTERRUPTED:
         message = f"interrupted; continue with: dlnsim run --resume {run_dir}"
+    fields = {}
     if worst in (Status.COMPLETED, Status.DIVERGED):
-        figs = _figures(run_dir, cfg, study=True)
-        if worst == Status.COMPLETED:
-            _copy_showcase(cfg, figs, quiet)
-    R.update_meta(run_dir, end_time=R.now(), wall_time_s=round(wall, 3), message=message, status=worst)
+        figs, fig_error = _figures_safely(run_dir, cfg, True, quiet)
+        if fig_error:
+            fields["figure_error"] = fig_error
+        elif worst == Status.COMPLETED:
+            _copy_showcase(cfg, figs, quiet, _SHOWCASE_ANYWHERE[0])
+    R.clean_temp_files(run_dir)
+    R.update_meta(run_dir, end_time=R.now(), wall_time_s=round(wall, 3), message=message, **fields, status=worst)
     code = 128 + stop.signum if worst == Status.INTERRUPTED else (first.exit_code if first is not None else 0)
     return Outcome(worst, run_dir, message, code)

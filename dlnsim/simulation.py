@@ -110,6 +110,8 @@ class Simulation:
         self.scheme, self.state, self.observer, self.save_every = scheme, state, observer, save_every
         self.ref_scheme, self.ref_state = reference if reference is not None else (None, None)
         self.check_finite = check_finite
+        # t = t0 + (step - step0) h, computed rather than accumulated (no drift: records slice by time)
+        self.t0, self.step0 = float(state.t), int(state.step)
         self.stopped = False  # set by run() when a stop request ended it early
         self.saved: list[dict[str, torch.Tensor]] = []
         self.times: list[float] = []
@@ -172,6 +174,7 @@ class Simulation:
             bad = _bad_rows(self.state.end_to_end()).nonzero().flatten().tolist()
             raise Diverged(self.state.step + 1, self.state.t + self.scheme.step_size, "X (the end-to-end matrix)",
                            bad, f"the step failed: {str(e).splitlines()[0]}") from None
+        self.state.t = self.t0 + (self.state.step - self.step0) * self.scheme.step_size
         if self.ref_scheme is not None:
             try:
                 self.ref_state = self.ref_scheme.step(self.ref_state)
@@ -209,6 +212,8 @@ class Simulation:
             "records": {k: torch.stack([r[k] for r in self.saved]).cpu() for k in self.saved[0]},
             "times": list(self.times),
             "steps": list(self.steps),
+            "t0": self.t0,
+            "step0": self.step0,
         }
 
     def load_state_dict(self, ck: dict, device) -> None:
@@ -226,6 +231,7 @@ class Simulation:
         records = tree(ck["records"])
         self.saved = [{k: v[i] for k, v in records.items()} for i in range(len(ck["times"]))]
         self.times, self.steps = list(ck["times"]), list(ck["steps"])
+        self.t0, self.step0 = float(ck.get("t0", 0.0)), int(ck.get("step0", 0))
 
 
 def simulate(

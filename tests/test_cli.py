@@ -196,9 +196,10 @@ def test_out_folder_is_never_overwritten(tmp_path, capsys):
 def test_overridden_runs_leave_the_showcase_figure_alone(tmp_path):
     # A config's output.showcase names a curated figure; a run modified with --set is not that
     # showcase, so it must not overwrite the figure unless output.showcase is set explicitly.
-    showcase = tmp_path / "showcase.png"
+    showcase = tmp_path / "results" / "showcase" / "tiny.png"  # showcase figures live in <output.dir>/showcase/
     cfg = write_yaml(tmp_path / "tiny.yaml", dict(TINY, dynamics=dict(TINY["dynamics"], steps=5),
-                                                 output={"showcase": str(showcase), "formats": ["png"]}))
+                                                 output={"showcase": str(showcase), "formats": ["png"],
+                                                         "dir": str(tmp_path / "results")}))
     assert cli.main(["run", cfg, "--quiet", "--set", f"output.dir={tmp_path / 'a'}", "--set", "dynamics.seed=5"]) == 0
     assert not showcase.exists()
     assert cli.main(["run", cfg, "--quiet", "--out", str(tmp_path / "b")]) == 0

@@ -8,7 +8,6 @@ gibbs_log_density (Lebesgue measure), which checks the Jacobian prod |s_i^2 - s_
 """
 import math
 
-import mpmath
 import pytest
 import torch
 
@@ -22,6 +21,8 @@ from dlnsim.stats import (
     mean_and_stderr,
     zscore,
 )
+
+mpmath = pytest.importorskip("mpmath", reason="mpmath is a test dependency: pip install -e '.[dev]'")
 
 torch.set_default_dtype(torch.float64)
 

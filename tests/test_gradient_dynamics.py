@@ -244,3 +244,29 @@ def test_observer_rectangular_and_end_to_end_states():
         Observer(energy, 3, include=["energy"])
     with pytest.raises(ValueError, match="save_every"):
         Simulation(sim.scheme, sim.state, Observer(energy, 3), save_every=0)
+
+
+def test_simulate_saves_the_last_step_and_continues_from_its_final_state():
+    N, h = 3, 0.01
+    Phi, X0, W0 = _problem(6)
+    energy = MatrixRegression(Phi)
+    rec = simulate(GradientFlow(energy, h, N), 7, weights=W0, save_every=3, include=["loss", "X"])
+    # save points 0, 3, 6 and the last step 7 (not a multiple of save_every)
+    assert torch.allclose(rec["t"], h * torch.tensor([0, 3, 6, 7], dtype=DTYPE), rtol=1e-12)
+    assert rec.state.step == 7 and rec.diverged is None
+    assert torch.equal(rec["X"][-1], rec.state.end_to_end())
+    # chaining: 7 steps, then 5 more from the final state, is the 12-step run (same arithmetic: bit-identical)
+    more = simulate(GradientFlow(energy, h, N), 5, state=rec.state, save_every=3, include=["X"])
+    whole = simulate(GradientFlow(energy, h, N), 12, weights=W0, save_every=3, include=["X"])
+    assert more.state.step == 12 and torch.equal(more.state.end_to_end(), whole.state.end_to_end())
+    assert torch.allclose(more["t"], h * torch.tensor([9, 12], dtype=DTYPE), rtol=1e-12)
+
+
+def test_simulate_stops_at_divergence_and_keeps_the_records():
+    # Gradient descent on 1/2||X - Phi||^2 with h far above 2 / (curvature ~ N |W|^{2(N-1)}) blows up.
+    Phi, X0, W0 = _problem(7)
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
+        rec = simulate(GradientDescent(MatrixRegression(Phi), 5.0, 3), 200, weights=[10 * W for W in W0], save_every=1)
+    assert rec.diverged is not None and rec.diverged.quantity in ("X (the end-to-end matrix)", "the loss E(X)")
+    assert rec["loss"].shape[0] == len(rec["t"]) >= 1 and bool(torch.isfinite(rec["loss"]).all())
+    assert rec.diverged.step < 200

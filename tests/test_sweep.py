@@ -216,6 +216,13 @@ def test_malformed_yaml_and_foreign_folders(tmp_path, capsys):
     (other / "sweep.yaml").write_text(load_sweep({"base": TINY_RLE, "axes": {"dynamics.beta": [3]}}).to_yaml())
     assert cli.main(["sweep", good, "--out", str(other)]) == 2
     assert "holds a different sweep (axes differ)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="batch_axes"):
+        load_sweep({"base": TINY_RLE, "axes": {"dynamics.beta": [1]}, "batch_axes": "dynamics.seed"})
+
+
+def test_dry_run_lists_the_points_of_a_slurm_sweep(tmp_path, capsys):
+    pytest.importorskip("submitit", reason="submitit is the optional cluster backend: pip install 'dlnsim[slurm]'")
+    good = _write(tmp_path / "good.yaml", {"base": TINY_RLE, "axes": {"dynamics.beta": [1, 2]}})
     # an engine that cannot run here is refused before anything is written
     if shutil.which("srun") is None:
         assert cli.main(["sweep", good, "--out", str(tmp_path / "slurm"), "--executor", "slurm"]) == 2
@@ -226,8 +233,6 @@ def test_malformed_yaml_and_foreign_folders(tmp_path, capsys):
     listing = capsys.readouterr().out
     assert "2 points" in listing and "001_beta=2: beta=2" in listing and "timeout_min" in listing
     assert not (tmp_path / "dry").exists()
-    with pytest.raises(ConfigError, match="batch_axes"):
-        load_sweep({"base": TINY_RLE, "axes": {"dynamics.beta": [1]}, "batch_axes": "dynamics.seed"})
 
 
 # ---------------------------------------------------------------------------------------------

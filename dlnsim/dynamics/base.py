@@ -64,6 +64,9 @@ class Scheme:
       square_only  the run layer requires square widths (the theory it is compared with is square);
       on_manifold  moves on the balanced manifold (starts from a balanced point);
       option_spec  {option: checker} of dynamics.options, checked by the config; {} takes none;
+      reference_flow  its image under phi follows the end-to-end flow of E when it starts balanced (so the
+                   Saxe modes and the end-to-end reference flow are its theory); False for flows that
+                   add other forces (weight decay on parameters) or leave X fixed (balancing flows);
                    None passes them to the constructor, which checks them;
       stat_names   the per-trajectory counters it maintains in state.stats.
     """
@@ -75,6 +78,7 @@ class Scheme:
     square_only: bool = False
     on_manifold: bool = False
     option_spec: dict | None = {}
+    reference_flow: bool = True
     stat_names: tuple[str, ...] = ()
 
     @classmethod

@@ -32,6 +32,10 @@ _DEFAULT_RTOL, _DEFAULT_ATOL, _DEFAULT_MAX_SUBSTEPS = 1e-9, 1e-12, 10000
 _ADAPTIVE_STATS = ("substeps", "rejected_substeps")
 
 
+DOPRI_MIN_RTOL = 100 * 2.220446049250313e-16  # 100 float64 eps
+DOPRI_MIN_SUBSTEPS = 10
+
+
 class _FlowIntegrator:
     """The time integrator of a deterministic flow: fixed-step RK4 or adaptive DOPRI5 over each step.
 
@@ -49,6 +53,13 @@ class _FlowIntegrator:
         extra = sorted(k for k in out if k != "method")
         if extra and out.get("method", "rk4") != "dopri5":
             raise ConfigError(f"{path}: {', '.join(extra)} apply to method: dopri5 only; add method: dopri5 or remove them")
+        # tolerances below roundoff can never be met, and an adaptive step needs room to reject a
+        # few trial substeps: refuse both here rather than fail mid-run in a result folder
+        if out.get("rtol") is not None and out["rtol"] < DOPRI_MIN_RTOL:
+            raise ConfigError(f"{path}.rtol: {out['rtol']:g} is below what float64 roundoff allows ({DOPRI_MIN_RTOL:g}); raise it")
+        if out.get("max_substeps") is not None and out["max_substeps"] < DOPRI_MIN_SUBSTEPS:
+            raise ConfigError(f"{path}.max_substeps: {out['max_substeps']} leaves the adaptive step no room to reject a trial "
+                              f"substep; give at least {DOPRI_MIN_SUBSTEPS} (or method: rk4 for fixed steps)")
         return out
 
     def _set_method(self, method, rtol, atol, max_substeps) -> None:

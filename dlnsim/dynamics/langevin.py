@@ -122,10 +122,21 @@ class _LangevinBase(Scheme):
         return torch.randn(ref.shape, generator=self.generator, dtype=ref.dtype, device=ref.device)
 
 
+def newton_tol(dtype: torch.dtype) -> float:
+    """Default absolute Newton tolerance on max_p ||G_p||_F: 1e-10 in float64, 1e3 eps in lower
+    precision (1.2e-4 in float32, whose resolution 1.2e-7 |W|^2 an absolute 1e-10 can never reach:
+    projections would fail at every step and the chains stay frozen)."""
+    return max(1e-10, 1e3 * torch.finfo(dtype).eps)
+
+
 class _ManifoldLangevin(_LangevinBase):
     square_only = True
     on_manifold = True
-    options = {"tol": 1e-10, "max_iter": 12, "method": "newton", "safeguard": 2.0, "solver": "auto"}
+    # tol None: newton_tol(dtype), the absolute Newton tolerance scaled with the dtype's resolution
+    options = {"tol": None, "max_iter": 12, "method": "newton", "safeguard": 2.0, "solver": "auto"}
+
+    def _tol(self, dtype: torch.dtype) -> float:
+        return self.tol if self.tol is not None else newton_tol(dtype)
 
     def _check_options(self) -> None:
         if self.depth < 2:
@@ -137,10 +148,11 @@ class _ManifoldLangevin(_LangevinBase):
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.method not in NEWTON_METHODS:
             raise ValueError(f"method must be one of {NEWTON_METHODS}, got {self.method!r}")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+        if not (isinstance(self.max_iter, int) and not isinstance(self.max_iter, bool) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
-            raise ValueError(f"tol must be a positive number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
+        if self.tol is not None and not (isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool)
+                                         and 0 < self.tol < float("inf")):
+            raise ValueError(f"tol must be a positive finite number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
         if self.safeguard is not None and not (isinstance(self.safeguard, (int, float)) and self.safeguard > 0):
             raise ValueError(
                 f"safeguard must be a positive number (the cap on |y - (x+v)| / |v|) or None, got {self.safeguard!r}"
@@ -158,7 +170,7 @@ class _ManifoldLangevin(_LangevinBase):
         # distance to M), so the chain would never move: refuse such a start. Roundoff allowance
         # 1e3 eps |W|^2 covers float32 weights from balanced_weights.
         eps = torch.finfo(state.weights[0].dtype).eps
-        ok, reason = check_point_on_manifold(state.weights, atol=10 * self.tol, rtol=1e3 * eps)
+        ok, reason = check_point_on_manifold(state.weights, atol=10 * self._tol(state.weights[0].dtype), rtol=1e3 * eps)
         if not ok:
             raise ValueError(
                 f"{type(self).__name__} must start on the balanced manifold ({reason}); start from "
@@ -168,7 +180,7 @@ class _ManifoldLangevin(_LangevinBase):
 
     def _project(self, frame, v: torch.Tensor):
         """Newton projection of x + v (v in the frame's coordinates); Y comes back in original ones."""
-        r = frame.newton_t(v, tol=self.tol, max_iter=self.max_iter, method=self.method)
+        r = frame.newton_t(v, tol=self._tol(v.dtype), max_iter=self.max_iter, method=self.method)
         if self.safeguard is None:
             guard = torch.ones_like(r.converged)
         else:
@@ -179,7 +191,7 @@ class _ManifoldLangevin(_LangevinBase):
 class ProjectedLangevin(_ManifoldLangevin):
     """Projected Euler-Maruyama on the balanced manifold (unadjusted; O(h) stationary bias).
 
-    ProjectedLangevin(energy, step_size, depth, beta, *, generator=None, tol=1e-10, max_iter=12,
+    ProjectedLangevin(energy, step_size, depth, beta, *, generator=None, tol=None (newton_tol(dtype): 1e-10 in float64), max_iter=12,
     method="newton", safeguard=2.0, solver="auto"). beta: number or (B,) tensor. tol: Newton tolerance on
     max_p ||G_p||_F (absolute); max_iter, method: see dlnsim.manifold ("newton", "chord",
     "quasi"); safeguard: reject when |y - (x + v)| > safeguard |v| (None: never). Start from a
@@ -216,8 +228,8 @@ class ProjectedLangevin(_ManifoldLangevin):
 class MetropolisLangevin(_ManifoldLangevin):
     """Metropolis-adjusted projected Langevin on M (exact stationary law exp(-beta L) dvol_M).
 
-    MetropolisLangevin(energy, step_size, depth, beta, *, generator=None, tol=1e-10, max_iter=12,
-    method="newton", safeguard=2.0, reverse_tol=1e-7). reverse_tol: the reverse projection must
+    MetropolisLangevin(energy, step_size, depth, beta, *, generator=None, tol=None, max_iter=12,
+    method="newton", safeguard=2.0, reverse_tol=None (max(1e-7, 100 tol))). reverse_tol: the reverse projection must
     return within ||x_rev - x||_F <= reverse_tol (1 + ||x||_F); a converged projection lands within
     ~tol / sigma_min(J) of its root, a different root lies O(|x|) away, so any threshold in between
     separates them. Keeps the factorisation at the current point between steps (one Gram
@@ -225,7 +237,7 @@ class MetropolisLangevin(_ManifoldLangevin):
     """
 
     name = "langevin_metropolis"
-    options = {**_ManifoldLangevin.options, "reverse_tol": 1e-7}
+    options = {**_ManifoldLangevin.options, "reverse_tol": None}  # None: max(1e-7, 100 tol)
     stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations")
 
     def __init__(self, *args, **kwargs):
@@ -263,7 +275,8 @@ class MetropolisLangevin(_ManifoldLangevin):
         # Reverse move from y: v' = P_y (x - y), projected back along the normal space at y.
         v_rev = frame_y.project_t(frame_y.to_frame(X - Y))
         rev, guard_r = self._project(frame_y, v_rev)
-        returned = rev.converged & (_sq(rev.Y - X) <= self.reverse_tol**2 * (1.0 + _sq(X)))
+        rtol_rev = self.reverse_tol if self.reverse_tol is not None else max(1e-7, 100 * self._tol(X.dtype))
+        returned = rev.converged & (_sq(rev.Y - X) <= rtol_rev**2 * (1.0 + _sq(X)))
         # log of [exp(-beta L(y)) q(x | y)] / [exp(-beta L(x)) q(y | x)], q(y|x) ∝ exp(-beta |v - m_x|^2 / 4h).
         log_ratio = -beta * (Ly - Lx) - beta / (4.0 * h) * (_sq(v_rev + h * Pgy) - _sq(noise))
         u = torch.rand(Lx.shape, generator=self.generator, dtype=X.dtype, device=X.device)

@@ -73,7 +73,8 @@ def run_title(cfg) -> str:
     net, dyn = cfg["network"], cfg["dynamics"]
     beta = dyn["beta"]
     b = "" if beta is None else rf", $\beta$={beta}"
-    return f"{dyn['scheme']}, N={net['depth']}, widths={net['widths']}, h={dyn['step_size']:g}, B={dyn['ensemble']}{b}"
+    f = "" if net.get("field", "real") == "real" else f", over {net['field']}"
+    return f"{dyn['scheme']}, N={net['depth']}, widths={net['widths']}, h={dyn['step_size']:g}, B={dyn['ensemble']}{b}{f}"
 
 
 def positive_or_nan(y):

@@ -211,8 +211,19 @@ def plot_run(run_dir: str, formats=("png", "pdf")) -> list[str]:
         cfg, a = R.read_config(run_dir), R.read_arrays(run_dir)
         if len(a["t"]) == 0 or "loss" not in a:
             return []
+        warnings = R.read_meta(run_dir).get("warnings") or []
         out = []
         for name, fig in RUN_FIGURES.items():
             if fig.applies(cfg, a):
-                out += save_figure(fig.draw(cfg, a), run_dir, name, formats)
+                out += save_figure(with_warnings(fig.draw(cfg, a), warnings), run_dir, name, formats)
         return out
+
+
+def with_warnings(fig, warnings: list[str]):
+    """The run's warnings (meta.json `warnings`: failing projections, frozen chains) in the figure's
+    title, in red: a figure of a run whose numerics failed must not look like a clean result."""
+    if warnings:
+        old = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+        short = "; ".join(w.split(":")[0] for w in warnings)
+        fig.suptitle((old + "\n" if old else "") + "WARNING: " + short, fontsize=9, color="C3")
+    return fig

@@ -2,7 +2,7 @@
 
 `STUDY_FIGURES` is the registry: study.figure kind -> draw(variants) -> Figure, variants being
 [(label, config, arrays)]. Kinds: saxe_modes, flows, entropy_init, stationary, free_energy,
-completion, overlay (auto). A study figure that draws the end-to-end reference flow is declared
+completion, fields, overlay (auto). A study figure that draws the end-to-end reference flow is declared
 in dlnsim.run_theory.STUDY_FIGURES_USING_REFERENCE, so that the runner integrates the flow for it.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..energies import target_matrix
 from ..entropy import entropy_from_singular_values
 from ..geometry import SpectralFrame
 from .common import COLORS, STYLE, band, positive_or_nan, save_figure
+from .depth_balancing import fig_balancing, fig_infinite_depth
 from .run_figures import hist_panels
 
 __all__ = ["STUDY_FIGURES", "plot_study"]
@@ -302,6 +303,53 @@ def _fig_overlay(vs):
     return fig
 
 
+_FIELD_STYLE = {"real": ("C0", "o", r"$\mathbb{R}$"), "complex": ("C1", "s", r"$\mathbb{C}$"),
+                "quaternion": ("C2", "^", r"$\mathbb{H}$")}
+
+
+def _fig_fields(vs):
+    """DLNs over R, C, H (network.field): Saxe modes, S_beta closed form vs measured, and their gap.
+    Balanced variants (init: balanced) are drawn solid, the others (theory does not apply) dashed."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for lb, c, a in vs:
+        col, mk, sym = _FIELD_STYLE[c["network"].get("field", "real")]
+        t, balanced = a["t"], c["network"]["init"] == "balanced"
+        sub = max(1, len(t) // 25)
+        if "saxe_singular_values" in a:
+            S = a["singular_values"]
+            for i in range(S.shape[2]):
+                axes[0].plot(t[::sub], np.median(S[::sub, :, i], axis=1), mk, color=col, ms=3.5, mfc="none",
+                             label=f"{lb}: singular values over {sym}" if i == 0 else None)
+        if balanced:
+            axes[1].plot(t, np.median(a["entropy_formula"], axis=1), color=col, lw=1.2, label=rf"{lb}: $S_\beta(X)$ closed form")
+            if "entropy_measured" in a:
+                axes[1].plot(t[::sub], np.median(a["entropy_measured"][::sub], axis=1), mk, color=col, ms=3.5, mfc="none",
+                             label=f"{lb}: measured orbit log-volume")
+        if "entropy_measured" in a:
+            gap = np.abs(a["entropy_measured"] - a["entropy_formula"])
+            band(axes[2], t, positive_or_nan(np.maximum(gap, 1e-16)), col,
+                 f"{lb}" + ("" if balanced else " (unbalanced start: theory does not apply)"), ls="-" if balanced else "--")
+    saxe = [a for _, _, a in vs if "saxe_singular_values" in a]
+    if saxe:
+        for i in range(saxe[0]["saxe_singular_values"].shape[1]):
+            axes[0].plot(saxe[0]["t"], saxe[0]["saxe_singular_values"][:, i], "k-", lw=0.9,
+                         label="Saxe closed form (same for every field)" if i == 0 else None)
+    else:
+        axes[0].text(0.5, 0.5, "no variant in the Saxe setting", transform=axes[0].transAxes, ha="center")
+    axes[0].set(xlabel="time $t$", ylabel="singular values $s_i(X(t))$", title="aligned balanced start: Saxe modes")
+    axes[1].set(xlabel="time $t$", ylabel="entropy", title=r"$S_\beta$ formula vs measured (balanced starts)")
+    axes[2].set(xlabel="time $t$", ylabel=r"$|S_{measured}(W) - S_\beta(\phi(W))|$", yscale="log",
+                title="agreement on the balanced manifold, departure off it")
+    for ax in axes:
+        ax.legend(fontsize=6.5)
+    c0 = vs[0][1]
+    fig.suptitle(r"DLN over $\mathbb{R}, \mathbb{C}, \mathbb{H}$ ($\beta$ = 1, 2, 4): $E=\frac{1}{2}\|X-\Phi\|^2$ (Re tr pairing), "
+                 f"{c0['dynamics']['scheme']} (RK4, h = {c0['dynamics']['step_size']:g}), d = {c0['network']['widths'][0]}, "
+                 f"N = {c0['network']['depth']}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 STUDY_FIGURES = {
     "saxe_modes": _fig_saxe_modes,
     "flows": _fig_flows,
@@ -310,6 +358,9 @@ STUDY_FIGURES = {
     "free_energy": _fig_free_energy,
     "completion": _fig_completion,
     "overlay": _fig_overlay,
+    "fields": _fig_fields,
+    "infinite_depth": fig_infinite_depth,
+    "balancing": fig_balancing,
 }
 
 

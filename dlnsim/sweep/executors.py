@@ -3,21 +3,30 @@
 dlnsim does not schedule anything itself. The local pool keeps at most `workers` points in flight
 and isolates a crashing worker; submitit jobs run `PointJob` (one point, requeued on a SLURM
 timeout or preemption, resumed from its checkpoint). Both stop on the sweep process's
-StopSignal: points in flight get one SIGTERM and write their checkpoints.
+StopSignal: points in flight get one SIGTERM and write their checkpoints. submitit, an optional
+dependency (pip install 'dlnsim[slurm]'), is imported only by the submitit executors.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
+import torch
+
+from .. import results as R
+from .._guard import child_environment
 from ..lifecycle import FINAL, Status, StopSignal
+from ..runlock import RunLock
 from ..options import ConfigError
 from .points import now, one_line, read_json, record_path, run_point, state_on_disk, write_record
-from .spec import SUBMITIT, Sweep
+from .spec import RUNS, SUBMITIT, Sweep
 
 __all__ = ["run_local", "run_submitit", "check_engine", "submitit_parameters", "submitit_executor", "Progress", "PointJob"]
 
@@ -25,7 +34,7 @@ SLURM_LIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SU
 _WORKER_STOP = False
 
 
-def _worker_init() -> None:
+def _worker_init(sweep_pid: int | None = None) -> None:
     """Pool worker: one torch thread, own process group, SIGINT/SIGTERM handled by the runner.
 
     The worker leaves the terminal's process group so that Ctrl-C reaches only the parent, which
@@ -33,13 +42,23 @@ def _worker_init() -> None:
     Between points the worker ignores SIGINT and only notes SIGTERM; during a run the runner's
     handlers take over (it restores these afterwards).
     """
-    import torch
+    from tqdm import tqdm
+
+    from .._children import die_with
 
     torch.set_num_threads(1)
+    # tqdm's default lock is a multiprocessing RLock, i.e. semaphores registered with the pool's
+    # resource tracker; a worker killed mid-point never unregisters them and the tracker then warns
+    # of "leaked semaphore objects". The runner's bar is disabled in workers: a thread lock will do.
+    tqdm.set_lock(threading.RLock())
     try:
         os.setpgrp()
     except OSError:
         pass
+    # out of the terminal's group, nobody else would stop it: die with the sweep process (SIGTERM:
+    # a point in flight finishes its step and writes its checkpoint; an idle worker exits). The
+    # sweep process, not the parent: under the fork server the parent is the server, which outlives it.
+    die_with(sweep_pid, signal.SIGTERM, idle=lambda: not _BUSY[0])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def note(signum, frame):
@@ -49,10 +68,20 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, note)
 
 
+_BUSY = [False]
+
+
 def _pool_task(task: dict) -> dict:
     if _WORKER_STOP:  # asked to stop between points: leave this one as it is
         return dict(state_on_disk(task["sweep_dir"], task["name"]), skipped=True)
-    return run_point(task)
+    if os.environ.get("DLNSIM_TEST_KILL_POINT") == task["name"]:
+        # test hook: this worker is SIGKILLed at step 3 of the point (a crash mid-run)
+        os.environ.update(DLNSIM_TEST_INTERRUPT_AT_STEP="3", DLNSIM_TEST_INTERRUPT_SIGNAL="KILL")
+    _BUSY[0] = True
+    try:
+        return run_point(task)
+    finally:
+        _BUSY[0] = False
 
 
 class PointJob:
@@ -108,8 +137,6 @@ class Progress:
 
 
 def _multiprocessing_context():
-    import multiprocessing as mp
-
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # torch is imported once in the fork server, not once per worker
@@ -126,6 +153,11 @@ def run_local(tasks: list[dict], workers: int, on_done, progress, stop: StopSign
     flight then are rerun one at a time in a fresh one-worker pool, so that only the culprit is
     marked failed, and the others continue.
     """
+    with child_environment():  # workers import this dlnsim, never a checkout folder in the current directory
+        _run_local(tasks, workers, on_done, progress, stop)
+
+
+def _run_local(tasks: list[dict], workers: int, on_done, progress, stop: StopSignal) -> None:
     queue, suspects = list(tasks), []
     while (queue or suspects) and stop.signum is None:
         if suspects:
@@ -145,11 +177,8 @@ def run_local(tasks: list[dict], workers: int, on_done, progress, stop: StopSign
 
 def _pool_round(batch: list[dict], n: int, on_done, progress, stop: StopSignal):
     """One pool over `batch`; returns (tasks never started, tasks in flight when the pool broke)."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
     pool = ProcessPoolExecutor(max_workers=max(1, min(n, len(batch))), mp_context=_multiprocessing_context(),
-                               initializer=_worker_init)
+                               initializer=_worker_init, initargs=(os.getpid(),))
     stop.force = lambda: [p.kill() for p in list(getattr(pool, "_processes", {}).values())]
     todo, inflight, crashed, signalled = list(batch), {}, [], False
     try:
@@ -187,6 +216,17 @@ def _pool_round(batch: list[dict], n: int, on_done, progress, stop: StopSignal):
 def _crashed(task: dict) -> dict:
     msg = "the worker process died while running this point (killed, out of memory, or a crash in native code)"
     write_record(task["sweep_dir"], task["name"], status=Status.FAILED, error=msg, finished=now(), pid=None)
+    # its run folder still says `running`: say what happened there too (its writer is dead, so the
+    # lock is free; a live writer keeps it and the folder is left alone)
+    run_dir = os.path.join(task["sweep_dir"], RUNS, task["name"])
+    if os.path.exists(os.path.join(run_dir, R.META)):
+        try:
+            with RunLock(run_dir):
+                if R.read_meta(run_dir).get("status") == Status.RUNNING:
+                    R.update_meta(run_dir, end_time=R.now(), message=msg, status=Status.FAILED)
+                R.clean_temp_files(run_dir)
+        except (OSError, ValueError):
+            pass
     return state_on_disk(task["sweep_dir"], task["name"])
 
 

@@ -110,7 +110,9 @@ def run_sweep(sweep: Sweep, sweep_dir: str, *, executor: str | None = None, work
     for st in states.values():
         counts[st["status"]] = counts.get(st["status"], 0) + 1
     if outcome is None:
-        outcome = "failed" if counts.get(Status.FAILED) else "done"
+        # exit 0 means every point completed or diverged: anything else (failed, interrupted by a
+        # signal to its worker, never run) is a failed sweep
+        outcome = "failed" if any(s not in FINAL for s in counts) else "done"
         if plot and any(counts.get(s) for s in FINAL):
             try:
                 from .plots import plot_sweep  # matplotlib is imported only to draw
@@ -172,6 +174,12 @@ def main(args) -> int:
             print(f"dlnsim: sweep interrupted; rerun the same command to continue ({out})", file=sys.stderr)
         return 128 + signum
     if outcome == "failed":
-        print(f"dlnsim: error: {counts.get('failed', 0)} point(s) failed; see {os.path.join(out, MANIFEST)}", file=sys.stderr)
+        unfinished = {s: n for s, n in counts.items() if s not in FINAL}
+        n, where = sum(unfinished.values()), os.path.join(out, MANIFEST)
+        if set(unfinished) == {Status.FAILED}:
+            print(f"dlnsim: error: {n} point(s) failed; see {where}", file=sys.stderr)
+        else:
+            bad = ", ".join(f"{k} {s}" for s, k in sorted(unfinished.items()))
+            print(f"dlnsim: error: {n} point(s) did not finish ({bad}); see {where}", file=sys.stderr)
         return 1
     return 0

@@ -25,6 +25,7 @@ from .. import results as R
 from .._io import atomic_write
 from ..lifecycle import FINAL, Status
 from ..options import ConfigError
+from ..runlock import RunLock
 from ..runner import resume, run
 from .spec import MANIFEST, POINTS, RUNS, Sweep, fmt
 
@@ -93,6 +94,7 @@ def _manifest_rows(sweep: Sweep, states: dict[int, dict]) -> list[dict]:
         st = states[p.index]
         row = {"index": p.index, "run": f"{RUNS}/{p.name}"}
         row.update({k: fmt(v) for k, v in p.values.items()})
+        row["seed"] = p.config["dynamics"]["seed"]
         wall = st.get("wall_s")
         row.update(status=st["status"], wall_s="" if wall is None else f"{float(wall):.2f}",
                    attempts=st.get("attempts", 0), job=st.get("job", ""), error=st.get("error", ""))
@@ -145,7 +147,8 @@ def run_point(task: dict) -> dict:
             resume(run_dir, quiet=True)
         else:
             if os.path.exists(run_dir):
-                shutil.rmtree(run_dir)
+                with RunLock(run_dir):  # FolderInUse if a live process still writes it
+                    shutil.rmtree(run_dir)
             run(task["config"], run_dir, quiet=True)
     except Exception as e:  # noqa: BLE001 -- a failing point must not stop the sweep
         error = one_line(e)

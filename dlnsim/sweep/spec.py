@@ -15,7 +15,9 @@ trajectory b at beta[b // ensemble]); every other axis changes what a run is and
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import math
 import os
 import re
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ..config import absolutize_paths, load_config, read_yaml, set_key
+from ..safe_paths import check_name
 from ..options import ConfigError, Choice, Int, Mapping, Num, Option, Str, check_options, did_you_mean, fail, show
 
 __all__ = [
@@ -34,7 +37,8 @@ __all__ = [
 EXECUTORS = ("local", "slurm", "submitit-local")
 # Config keys the runner can batch inside one run (a list of values run side by side).
 BATCHABLE = ("dynamics.beta",)
-TOP_KEYS = ("name", "base", "axes", "zip", "batch_axes", "executor", "showcase")
+TOP_KEYS = ("name", "base", "axes", "zip", "batch_axes", "executor", "showcase", "seed_mode")
+SEED_MODES = ("derived", "common")
 SWEEP_FILE, MANIFEST, RUNS, POINTS, FIGURES, SUBMITIT = (
     "sweep.yaml", "manifest.csv", "runs", "points", "figures", "submitit",
 )
@@ -113,10 +117,12 @@ class Sweep:
     showcase: str | None = None
     source: str | None = None  # the file it was read from
     points: list = field(default_factory=list)
+    seed_mode: str = "derived"
 
     def spec(self) -> dict:
         """What defines the points (compared when rerunning into an existing sweep folder)."""
-        return {"base": self.base, "axes": self.axes, "zip": self.zip, "batch_axes": self.batch_axes}
+        return {"base": self.base, "axes": self.axes, "zip": self.zip, "batch_axes": self.batch_axes,
+                "seed_mode": self.seed_mode}
 
     def to_yaml(self) -> str:
         body = {"name": self.name, **self.spec(), "executor": self.executor, "showcase": self.showcase}
@@ -151,8 +157,14 @@ def load_sweep(path_or_dict, *, validate: bool = True) -> Sweep:
         if k not in TOP_KEYS:
             fail(str(k), f"unknown sweep key; {did_you_mean(k, TOP_KEYS)}")
     name = data.get("name") or stem
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        fail("name", f"use letters, digits and _.=+- only (it names a folder), got {show(name)}")
+    try:
+        check_name("name", name)  # it names a folder: one safe path component
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    seed_mode = data.get("seed_mode", "derived")
+    if seed_mode not in SEED_MODES:
+        fail("seed_mode", f"must be one of {', '.join(SEED_MODES)} (derived: a distinct seed per point from dynamics.seed "
+                          f"and the point's axis values; common: every point uses dynamics.seed), got {show(seed_mode)}")
     base = _base(data, here)
     axes = data.get("axes") or {}
     if not isinstance(axes, dict):
@@ -165,7 +177,7 @@ def load_sweep(path_or_dict, *, validate: bool = True) -> Sweep:
     showcase = data.get("showcase")
     if showcase is not None and (not isinstance(showcase, str) or not showcase.endswith(".png")):
         fail("showcase", f"must be a .png path (the summary figure is copied there), got {show(showcase)}")
-    sweep = Sweep(name, base, axes, zips, batch, executor, showcase, source)
+    sweep = Sweep(name, base, axes, zips, batch, executor, showcase, source, seed_mode=seed_mode)
     if validate:
         sweep.points = expand(sweep)
     return sweep
@@ -286,8 +298,16 @@ def short_names(keys: list[str]) -> dict[str, str]:
 def _point_name(index: int, values: dict, short: dict, batch: list) -> str:
     parts = [f"{short[k]}={fmt(v)}" for k, v in values.items() if k not in batch]
     name = f"{index:03d}" + ("_" + "_".join(parts) if parts else "")
-    name = re.sub(r"[^A-Za-z0-9_.=+\-]", "-", name)
-    return name[:120]
+    name = re.sub(r"[^A-Za-z0-9_.=+,\-]", "-", name)
+    return name[:100]  # output.name's limit (dlnsim.safe_paths.MAX_NAME)
+
+
+def point_seed(base_seed: int, values: dict) -> int:
+    """A distinct, reproducible dynamics.seed for the point with these axis values: a hash of the
+    base seed and the values (not of the point's index), so adding points to a sweep leaves the
+    seeds of the existing ones unchanged. 63 bits."""
+    text = json.dumps([int(base_seed), sorted((k, v) for k, v in values.items())], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
 def expand(sweep: Sweep) -> list[Point]:
@@ -297,6 +317,9 @@ def expand(sweep: Sweep) -> list[Point]:
     factors += [[{k: g[k][i] for k in g} for i in range(len(next(iter(g.values()))))] for g in sweep.zip]
     folded = {k: list(sweep.axes[k]) for k in sweep.batch_axes}
     short = short_names(sweep.axis_keys)
+    base_seed = (sweep.base.get("dynamics") or {}).get("seed") or 0
+    if isinstance(base_seed, bool) or not isinstance(base_seed, int):
+        base_seed = 0  # load_config reports a malformed seed for the first point
     points = []
     for i, combo in enumerate(itertools.product(*factors)):
         values = {}
@@ -307,6 +330,9 @@ def expand(sweep: Sweep) -> list[Point]:
         values = {k: values[k] for k in sweep.axis_keys}
         name = _point_name(i, values, short, sweep.batch_axes)
         overrides = list(values.items()) + [("output.name", name), ("output.showcase", None)]
+        if sweep.seed_mode == "derived" and "dynamics.seed" not in values:
+            # independent Monte-Carlo noise per point (common random numbers: seed_mode: common)
+            overrides.append(("dynamics.seed", point_seed(base_seed, values)))
         try:
             cfg = load_config(sweep.base, overrides)
         except ConfigError as e:
