@@ -6,7 +6,7 @@ a module may import its own layer or lower ones only:
 
     0 foundation   _version, _io, _checks, options, lifecycle, safe_io, safe_paths, runlock, resources,
                    _guard, _children
-    1 kernels      spectral, stats
+    1 kernels      spectral, stats, small_svd
     2 mathematics  geometry, entropy, network, theory, gibbs, manifold, depth_limit, fields,
                    field_network, field_geometry, entropy_fields (the DLN over R, C, H), metrics, baselines,
                    tasks (targets, masks, data of implicit-regularization studies)
@@ -34,7 +34,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle", "safe_io", "safe_paths", "runlock", "resources",
      "_guard", "_children"],
-    ["spectral", "stats"],
+    ["spectral", "stats", "small_svd"],
     ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields", "metrics", "baselines", "tasks"],
     ["energies", "field_energies"],

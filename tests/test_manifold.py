@@ -305,3 +305,16 @@ def test_frame_solver_falls_back_to_exact_newton_and_flags_singular_points():
     assert torch.equal(c.converged, a.converged)
     assert not bool(frame.newton_t(frame.to_frame(v), max_iter=12, fallback=False).converged[0])
     assert torch.allclose(frame.project(v), exact.project(v), atol=1e-12)
+
+
+def test_auto_solver_choice():
+    """solver="auto": the exact dense Newton for few constraints ((N-1) d(d+1)/2 <= DENSE_MAX), the
+    frame solver above (on the CPU); the choice is a speed decision, both solve the same equations
+    (test_frame_solver_matches_exact_projector_and_newton)."""
+    from dlnsim.manifold import DENSE_MAX, BalancedFrame, make_frame
+
+    g = make_generator(4)
+    for d, N, expected in ((2, 3, ConstraintFrame), (3, 5, ConstraintFrame), (3, 6, BalancedFrame), (4, 4, BalancedFrame)):
+        W = torch.stack(balanced_weights(torch.randn(2, d, d, dtype=DTYPE, generator=g), N, g), dim=-3)
+        assert isinstance(make_frame(W, "auto"), expected), (d, N)
+        assert ((N - 1) * d * (d + 1) // 2 <= DENSE_MAX) == (expected is ConstraintFrame)

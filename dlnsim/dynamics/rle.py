@@ -31,6 +31,7 @@ import torch
 
 from .._checks import check_depth, check_matrix
 from ..energies import Energy
+from .. import small_svd
 from ..geometry import SpectralFrame
 from ..spectral import _mean_index, log_kernel
 from .base import Scheme, State, as_beta, check_beta
@@ -331,7 +332,8 @@ class RiemannianLangevin(Scheme):
         # Reuse the SVD computed at the end of the previous step when X is the tensor it produced.
         if self._carried is not None and self._carried[0] is X and self._carried[1] == X._version:
             return self._carried[2]
-        return SpectralFrame.of(X, self.depth)
+        U, s, Vh = small_svd.svd(X)
+        return SpectralFrame(U, s, Vh.mT, self.depth, log_kernel(s, self.depth))
 
     def step(self, state: State) -> State:
         X = state.X
@@ -344,14 +346,14 @@ class RiemannianLangevin(Scheme):
         if self.chart == "end_to_end":
             drift = _frame_drift(frame, G, beta)
             new = torch.diag_embed(frame.s) + hc * drift + amp * torch.exp(0.5 * frame.log_K) * Z
-            Uf, s_new, Vfh = torch.linalg.svd(new)
+            Uf, s_new, Vfh = small_svd.svd(new)
         else:
             drift, rho = _layer_frame_drift(frame, G, beta)
             noise = amp * (rho.sqrt() * _sym(Z) + rho.rsqrt() * _anti(Z))
             new = torch.diag_embed(frame.s ** (1.0 / self.depth)) + hc * drift + noise
-            Uf, x_new, Vfh = torch.linalg.svd(new)
+            Uf, x_new, Vfh = small_svd.svd(new)
             s_new = x_new**self.depth
-        crossed = torch.linalg.det(new) < 0
+        crossed = small_svd.det(new) < 0
         U = frame.U @ Uf
         V = frame.V @ Vfh.mT
         X_new = (U * s_new.unsqueeze(-2)) @ V.mT
