@@ -5,6 +5,7 @@ Theory functions (pure, batched, usable in a notebook) are exported here:
     entropy, log_orthogonal_volume, orbit_log_volume, balanced_weights, saxe_mode, ...
 Stationary law and statistics: SingularValueLaw, gibbs_log_density, ks_test, zscore.
 Simulation: DeepLinearNetwork, energies, the schemes of dlnsim.dynamics, Simulation / simulate;
+implicit regularization: dlnsim.tasks, dlnsim.metrics, dlnsim.baselines, dlnsim.gradient_noise, SGD;
 runs from YAML: dlnsim.config, dlnsim.runner, the `dlnsim` command (dlnsim.cli).
 Results: load_run(dir), load_sweep(dir) (dlnsim.loaders).
 """
@@ -53,6 +54,8 @@ from .dynamics import (  # noqa: F401
     State,
     UnprojectedLangevin,
     rle_drift,
+    SGD,
+    LRSchedule,
 )
 from .observe import Observer  # noqa: F401
 from .simulation import Simulation, simulate  # noqa: F401
@@ -65,6 +68,7 @@ from .manifold import (  # noqa: F401
 )
 from .gibbs import SingularValueLaw, gibbs_log_density, singular_value_log_density  # noqa: F401
 from .stats import independent_chain_stderr, ks_test, zscore  # noqa: F401
+from . import baselines, gradient_noise, metrics, tasks  # noqa: F401  (implicit-regularization studies)
 # the infinite-depth limit and the balancing flows (docs/theory.md §14)
 from .spectral import kernel_inf, log_kernel_inf  # noqa: F401,E402
 from .geometry import metric_inf, metric_operator_inf, metric_operator_inf_inv, metric_operator_inf_sqrt  # noqa: F401,E402

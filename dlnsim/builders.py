@@ -73,7 +73,9 @@ def build_energy(cfg: dict, device=None, dtype=None) -> Energy:
         device, dtype = device or d, dtype or t
     if field_runs.is_field_run(cfg):  # complex / quaternion weights: the energy over F
         return field_runs.build_energy(cfg, device, dtype)
-    energy = ENERGIES[cfg["energy"]["type"]].from_config(cfg["energy"], cfg["network"]["widths"])
+    cls = ENERGIES[cfg["energy"]["type"]]
+    kw = {"batch": batch_size(cfg)} if cls.per_trajectory_data else {}
+    energy = cls.from_config(cfg["energy"], cfg["network"]["widths"], **kw)
     return energy.to(dtype=dtype, device=device)
 
 
@@ -108,7 +110,7 @@ def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Gene
         # square widths (checked by the config); X(0) is the product of the Gaussian layers
         ws = balance_from_gaussian(net["widths"][0], net["depth"], B, net["scale"], generator=generator, dtype=dtype, device=device)
         return DeepLinearNetwork.from_weights(ws, requires_grad=False)
-    kw = {}
+    kw = {} if net["std"] is None else {"std": net["std"]}
     if net["init"] == "balanced":
         kw = dict(target=_initial_X(cfg, B, generator, device, dtype), spectrum=net["spectrum"])
     return DeepLinearNetwork(net["widths"], B, net["init"], net["scale"], dtype=dtype, device=device, generator=generator, **kw)

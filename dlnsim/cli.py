@@ -33,6 +33,7 @@ from .builders import batch_size  # noqa: E402
 from .config import ConfigError, load_config, variant_configs  # noqa: E402
 from .lifecycle import Status  # noqa: E402
 from .results import ARRAYS, META, read_meta  # noqa: E402
+from .run_theory import undefined_theory  # noqa: E402
 from .runner import resume, run  # noqa: E402
 
 __all__ = ["main", "build_parser"]
@@ -110,6 +111,9 @@ def _cmd_run(args) -> int:
         cfg = load_config(args.config, overrides)
         if args.bias_check and variant_configs(cfg):
             return _error("--bias-check needs a plain run, not a study (run one variant with --set, e.g. dynamics.scheme=...)")
+        notes = {undefined_theory(c) for _, c in (variant_configs(cfg) or [("run", cfg)])} - {None}
+        for note in sorted(notes) if not args.quiet else ():
+            print(f"dlnsim: note: {note}", file=sys.stderr)
         out = run(cfg, args.out, quiet=args.quiet, allow_showcase_anywhere=args.allow_showcase_anywhere)
         if args.bias_check and out.status == Status.COMPLETED:
             from .bias_check import bias_check, format_table  # the extra run and its report only when asked
@@ -153,6 +157,9 @@ def _cmd_validate(args) -> int:
         print(f"ok: {args.config} [{label}]: {d['scheme']}, widths {n['widths']}, init {n['init']}, energy "
               f"{c['energy']['type']}, {d['steps']} steps of h={d['step_size']:g} (T={d['time']:g}), "
               f"B={batch_size(c)}, save every {c['observers']['every']}")
+        note = undefined_theory(c)
+        if note:
+            print(f"note: {note}")
     return 0
 
 

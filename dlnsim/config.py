@@ -80,7 +80,7 @@ __all__ = [
 SCHEMES = tuple(SCHEME_CLASSES)
 STOCHASTIC_SCHEMES = tuple(k for k, c in SCHEME_CLASSES.items() if c.stochastic)
 ENERGIES = tuple(ENERGY_CLASSES)
-INITS = ("balanced", "gaussian", "orthogonal", "identity", "file", "balance_from_gaussian")
+INITS = ("balanced", "gaussian", "orthogonal", "identity", "residual", "file", "balance_from_gaussian")
 FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion",
                 "fields", "infinite_depth", "balancing")
 
@@ -107,11 +107,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "depth": O(None, "N, the number of layers, when widths is null (null: 2); inf: the infinite-depth limit of the end-to-end schemes (time_scale: depth; the network, widths [d, d], only draws X(0))",
                    _Depth()),
         "width": O(None, "d, the common width, when widths is null (null: 2)", PosInt()),
-        "init": O("balanced", "balanced | gaussian | orthogonal | identity | file | balance_from_gaussian (gaussian weights flowed along their fiber to its balanced point)", Choice(INITS)),
+        "init": O("balanced", "balanced (any widths: rank <= min width) | gaussian | orthogonal | identity | residual (scale I + std N(0,1)) | file | balance_from_gaussian (gaussian weights flowed along their fiber to its balanced point)", Choice(INITS)),
         "scale": O(1.0, "balanced: singular values of X(0) when spectrum is null; gaussian: std x sqrt(d_in); orthogonal/identity: factor",
                    Num(gt=0, hint="a positive scale of the initial weights")),
-        "spectrum": O(None, "balanced: singular values of X(0) (list of d numbers >= 0); null: all equal to scale",
+        "spectrum": O(None, "balanced: singular values of X(0) (list of d numbers >= 0; rectangular widths: 1 to min(widths) numbers, a low-rank start); null: all equal to scale",
                       NumList(ge=0, nullable=True)),
+        "std": O(None, "gaussian: i.i.d. N(0, std^2) entries (instead of std = scale / sqrt(d_in)); residual: std of the perturbation of scale * I",
+                 Num(ge=0, nullable=True)),
         "target": O(None, "balanced: X(0) = null (random U,V, spectrum) | aligned (singular vectors of energy.target: the Saxe setting) | gaussian (scale * N(0,1/d)) | a matrix",
                     Matrix(words=("aligned", "gaussian"), nullable=True)),
         "file": O(None, "init: file: .pt (list of tensors W_1..W_N) or .npz (W1..WN), each (d_p, d_{p-1}) or (B, d_p, d_{p-1})",
@@ -127,9 +129,16 @@ SCHEMA: dict[str, dict[str, Option]] = {
                     Matrix(words=("random", "diag", "identity"))),
         "spectrum": O(None, "singular values of a random target / diagonal of a diag target; null: (r, r-1, ..., 1) for random, ones for diag",
                       NumList(ge=0, nullable=True)),
+        "rank": O(None, "random target: its rank k <= min(d_N, d_0) (spectrum then lists k values, default ones); null: full rank",
+                  Int(ge=1, nullable=True)),
         "seed": O(0, "seed of the random target and of synthetic regression data (independent of dynamics.seed)", Int(ge=0, le=SEED_MAX)),
-        "mask": O(None, "matrix_completion: observed entries: diag | offdiag | a 0/1 matrix (d_N x d_0)",
-                  Matrix(words=("diag", "offdiag"), nullable=True)),
+        "mask": O(None, "matrix_completion: observed entries: diag | offdiag | random (uniform, mask_fraction or mask_count) | a 0/1 matrix (d_N x d_0)",
+                  Matrix(words=("diag", "offdiag", "random"), nullable=True)),
+        "mask_fraction": O(None, "mask: random: the observed share of the entries, in (0, 1]", Num(gt=0, nullable=True)),
+        "mask_count": O(None, "mask: random: the number of observed entries (instead of mask_fraction)", Int(ge=1, nullable=True)),
+        "mask_seed": O(None, "mask: random: seed of the mask (null: 0; independent of energy.seed and dynamics.seed)", Int(ge=0, le=SEED_MAX, nullable=True)),
+        "mask_per_trajectory": O(None, "mask: random: true draws one mask per trajectory (a batch of masks), false/null one for all",
+                                 Choice(("true", "false"), nullable=True)),
         "alpha": O(1.0, "weight_decay: alpha in alpha/2 ||X||^2", Num(gt=0, hint="a positive weight-decay strength")),
         "n_samples": O(100, "linear_regression synthetic data: number of samples n (inputs A ~ N(0, 1), outputs Y = Phi A + noise)",
                        Int(ge=1)),
@@ -150,11 +159,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
                         Choice(("none", "depth"))),
         "theory": O("auto", "integrate the end-to-end flow alongside deterministic parameter schemes with square widths (reference_* arrays): auto (only when a figure or observers.include uses it) | true | false",
                     Choice(("auto", "true", "false"))),
-        "options": O({}, "extra keyword options of the scheme class: Langevin safeguards and det-sign components (langevin_projected, langevin_metropolis: keep_component, reflect_every; rle: chart, keep_component; docs/theory.md section 8); for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step)", Mapping()),
+        "options": O({}, "extra keyword options of the scheme class: Langevin safeguards and det-sign components (langevin_projected, langevin_metropolis: keep_component, reflect_every; rle: chart, keep_component; docs/theory.md section 8); for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step); for sgd: batch_size (null: full batch), replacement, label_noise, weight_decay, momentum, schedule (constant | step | cosine) with warmup_steps, step_every, gamma, total_steps, min_factor", Mapping()),
     },
     "observers": {
         "every": O(None, "save every k steps (null: about 200 save points)", Int(ge=1, nullable=True)),
-        "include": O(None, "observables to record (null: all that apply, except X; loss is always recorded): " + ", ".join(OBSERVABLES),
+        "include": O(None, "observables to record (null: all that apply, except "
+                   + ", ".join(k for k, o in OBSERVABLES.items() if not o.default)
+                   + "; loss is always recorded): " + ", ".join(OBSERVABLES),
                      NameList(tuple(OBSERVABLES))),
         "entropy_measured": O("auto", f"record S_measured (Gram determinant): auto (when (N-1)d(d-1)/2 <= {ENTROPY_MEASURED_AUTO_MAX}) | true | false; overrides include",
                               Choice(("auto", "true", "false"))),
@@ -405,13 +416,21 @@ def _resolve_network(net: dict, en: dict) -> None:
     d_in, d_out = widths[0], widths[-1]
     net["widths"], net["depth"] = widths, (math.inf if net["depth"] == math.inf else len(widths) - 1)
     net["width"] = widths[0] if square else None
-    if net["init"] in ("balanced", "balance_from_gaussian") and not square:
-        _fail("network.init", f"{net['init']!r} needs equal widths (the balanced manifold is for square width), got widths {widths}; use gaussian or orthogonal")
+    if net["init"] == "balance_from_gaussian" and not square:
+        _fail("network.init", f"'balance_from_gaussian' needs equal widths (the balanced manifold is for square width), got widths {widths}; use gaussian or orthogonal")
+    if net["init"] == "balanced" and not square and net["target"] in ("gaussian", "aligned"):
+        _fail("network.target", f"{net['target']!r} is for square widths; with widths {widths} give X(0) as a matrix of rank <= {min(widths)} or null (random, spectrum)")
+    if net["std"] is not None and net["init"] not in ("gaussian", "residual"):
+        _fail("network.std", f"only applies to init: gaussian or residual (init is {net['init']!r}); use scale")
+    if net["init"] == "residual" and net["std"] is None:
+        _fail("network.std", "init: residual (W_p = scale I + std N(0, 1)) needs std, e.g. 0.01")
     if net["spectrum"] is not None:
         if net["init"] != "balanced":
             _fail("network.spectrum", f"only applies to init: balanced (init is {net['init']!r})")
-        if len(net["spectrum"]) != widths[0]:
+        if square and len(net["spectrum"]) != widths[0]:
             _fail("network.spectrum", f"needs {widths[0]} singular values (width d = {widths[0]}), got {len(net['spectrum'])}")
+        if not square and not 1 <= len(net["spectrum"]) <= min(widths):
+            _fail("network.spectrum", f"needs 1 to min(widths) = {min(widths)} singular values for widths {widths}, got {len(net['spectrum'])}")
     tgt = net["target"]
     if tgt is not None:
         if net["init"] != "balanced":
@@ -431,11 +450,18 @@ def _energy_rules(en: dict, widths: list[int]) -> None:
         _fail("energy.target", f"must be d_N x d_0 = {d_out}x{d_in} for network widths {widths}, got {len(t)}x{len(t[0])}")
     if t == "identity" and d_in != d_out:
         _fail("energy.target", f"'identity' needs d_N = d_0, network widths are {widths}")
+    if en["rank"] is not None:
+        if t != "random":
+            _fail("energy.rank", f"only applies to energy.target: random (target is {t if isinstance(t, str) else 'a matrix'})")
+        if en["rank"] > min(d_in, d_out):
+            _fail("energy.rank", f"must be <= min(d_N, d_0) = {min(d_in, d_out)} for widths {widths}, got {en['rank']}")
     if en["spectrum"] is not None:
         if isinstance(t, list) or t == "identity":
             _fail("energy.spectrum", "only applies to energy.target: random or diag")
-        if len(en["spectrum"]) != min(d_in, d_out):
-            _fail("energy.spectrum", f"needs min(d_N, d_0) = {min(d_in, d_out)} values for widths {widths}, got {len(en['spectrum'])}")
+        need = min(d_in, d_out) if en["rank"] is None else en["rank"]
+        if len(en["spectrum"]) != need:
+            what = "min(d_N, d_0)" if en["rank"] is None else "energy.rank"
+            _fail("energy.spectrum", f"needs {what} = {need} values for widths {widths}, got {len(en['spectrum'])}")
     for name, cls in ENERGY_CLASSES.items():
         for key in cls.config_keys:
             if name != en["type"] and en[key] is not None:

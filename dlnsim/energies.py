@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .network import random_orthogonal
+from .tasks import random_mask
 from .options import fail
 
 __all__ = [
@@ -51,6 +52,7 @@ class Energy:
     has_target: bool = False
     aligned_start: bool = False
     batch_free: bool = False
+    per_trajectory_data: bool = False  # from_config takes batch=B (data can have one entry per trajectory)
 
     @classmethod
     def from_config(cls, section: dict, widths: list[int]) -> "Energy":
@@ -159,6 +161,8 @@ class LinearRegression(Energy):
                 f"inputs (d_in, n) and outputs (d_out, n) need the same number of samples n, got {A.shape[-1]} and {Y.shape[-1]}"
             )
         n = A.shape[-1]
+        # The samples themselves, for minibatch SGD (dlnsim.dynamics.sgd); full-batch steps use the statistics.
+        self.inputs, self.outputs = A, Y
         self.sigma = A @ A.mT / n
         self.cross = Y @ A.mT / n
         self.const = _sq(Y) / (2 * n)
@@ -175,20 +179,29 @@ class LinearRegression(Energy):
 
 
 class MatrixCompletion(Energy):
-    """E(X) = 1/2 ||mask o (X - Phi)||_F^2, grad = mask o (X - Phi) (mask of 0/1 or weights)."""
+    """E(X) = 1/2 ||mask o (X - Phi)||_F^2, grad = mask o (X - Phi) (mask of 0/1 or weights).
+
+    target, mask: (d_out, d_in) or (B, d_out, d_in) each; a batched mask is one mask per trajectory
+    (random masks: `dlnsim.tasks.random_mask(..., batch=B)`), and its B must be the ensemble's.
+    """
 
     name = "matrix_completion"
-    config_keys = ("mask",)
+    config_keys = ("mask", "mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")
     has_target = True
     aligned_start = True
-    batch_free = True
+    batch_free = True  # for shared masks (a per-trajectory mask has a batch dim: see dynamics.gradient._batch_free)
+    per_trajectory_data = True
 
     @classmethod
-    def from_config(cls, section, widths):
+    def from_config(cls, section, widths, batch: int | None = None):
         Phi = target_matrix(section, widths)
         m = section["mask"]
         d_out, d_in = Phi.shape
-        if m == "diag":
+        if m == "random":  # uniform random subset of mask_count entries (or round(mask_fraction d_N d_0))
+            per = section["mask_per_trajectory"] == "true"
+            mask = random_mask((d_out, d_in), fraction=section["mask_fraction"], count=section["mask_count"],
+                               batch=batch if per else None, seed=section["mask_seed"] or 0)
+        elif m == "diag":
             mask = torch.eye(d_out, d_in, dtype=torch.float64)
         elif m == "offdiag":
             mask = 1.0 - torch.eye(d_out, d_in, dtype=torch.float64)
@@ -200,13 +213,26 @@ class MatrixCompletion(Energy):
     def check_config(cls, section, widths):
         m, d_in, d_out = section["mask"], widths[0], widths[-1]
         if m is None:
-            fail("energy.mask", "matrix_completion needs the observed entries: diag | offdiag | a 0/1 matrix")
+            fail("energy.mask", "matrix_completion needs the observed entries: diag | offdiag | random | a 0/1 matrix")
         if isinstance(m, list) and (len(m), len(m[0])) != (d_out, d_in):
             fail("energy.mask", f"must be d_N x d_0 = {d_out}x{d_in}, got {len(m)}x{len(m[0])}")
         if isinstance(m, list):
             bad = [v for row in m for v in row if v not in (0, 1)]
             if bad:
                 fail("energy.mask", f"entries must be 0 (hidden) or 1 (observed), got {bad[0]!r}")
+        random_keys = ("mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")
+        if m != "random":
+            for k in random_keys:
+                if section[k] is not None:
+                    fail(f"energy.{k}", f"only applies to energy.mask: random (mask is {m!r})")
+            return
+        frac, count = section["mask_fraction"], section["mask_count"]
+        if (frac is None) == (count is None):
+            fail("energy.mask_fraction", "mask: random needs exactly one of mask_fraction (share of entries) and mask_count")
+        if frac is not None and frac > 1:
+            fail("energy.mask_fraction", f"must be in (0, 1], got {frac}")
+        if count is not None and count > d_out * d_in:
+            fail("energy.mask_count", f"must be <= d_N d_0 = {d_out * d_in}, got {count}")
 
     def __init__(self, target, mask):
         self.target = _as_matrix(target, "target")
@@ -218,6 +244,22 @@ class MatrixCompletion(Energy):
     def value_and_grad(self, X):
         R = self.mask * (X - self.target)
         return 0.5 * _sq(R), R
+
+    @property
+    def batch_size(self) -> int | None:
+        """B of a batched target or mask (one per trajectory), None when both are shared by the ensemble."""
+        dims = [t.shape[0] for t in (self.target, self.mask) if t.dim() == 3]
+        return max(dims) if dims else None
+
+    def check_batch(self, B: int) -> None:
+        """Raise unless a batched target/mask has one entry per trajectory of an ensemble of B."""
+        b = self.batch_size
+        if b is not None and b not in (1, B):
+            raise ValueError(f"the completion mask/target has a batch of {b} (one per trajectory) but the ensemble has B = {B}; draw one mask per trajectory or one for all")
+
+    def observed_count(self) -> torch.Tensor:
+        """sum of mask entries: (B,) for a batched mask, () otherwise."""
+        return self.mask.sum(dim=(-2, -1))
 
     def grad(self, X):
         return self.mask * (X - self.target)
@@ -297,11 +339,16 @@ def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:
 
     energy.target: a matrix | identity | diag (diag(spectrum), ones by default) | random
     (U diag(spectrum) V^T, Haar U, V from energy.seed, independent of the dynamics' generator and
-    device; spectrum (r, r-1, ..., 1) by default, r = min(d_N, d_0)).
+    device; spectrum (r, r-1, ..., 1) by default, r = min(d_N, d_0)). energy.rank k (random
+    target): a rank-k target, spectrum of k values (default ones), the other singular values 0.
     """
     d_in, d_out = widths[0], widths[-1]
     r = min(d_in, d_out)
     t, spectrum = section["target"], section["spectrum"]
+    k = section.get("rank")
+    if k is not None and t == "random":
+        s = torch.ones(k, dtype=torch.float64) if spectrum is None else torch.tensor(spectrum, dtype=torch.float64)
+        spectrum = torch.cat([s, s.new_zeros(r - k)]).tolist()
     if isinstance(t, list):
         return torch.tensor(t, dtype=torch.float64)
     if t == "identity":

@@ -28,6 +28,7 @@ __all__ = [
     "balancedness",
     "balanced_weights",
     "random_orthogonal",
+    "orthonormal_columns",
     "check_widths",
     "read_weight_file",
 ]
@@ -120,20 +121,50 @@ def random_orthogonal(shape: tuple[int, ...], d: int, dtype=torch.float64, devic
     return Q * signs.unsqueeze(-2)
 
 
-def balanced_weights(X: torch.Tensor, depth: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def orthonormal_columns(shape: tuple[int, ...], d: int, r: int, dtype=torch.float64, device=None, generator=None) -> torch.Tensor:
+    """Q of shape (*shape, d, r) with Q^T Q = I_r: the first r columns of a Haar O(d) matrix (r <= d)."""
+    return random_orthogonal(shape, d, dtype, device, generator)[..., :r]
+
+
+def balanced_weights(
+    X: torch.Tensor, depth: int, generator: torch.Generator | None = None, widths: Sequence[int] | None = None
+) -> list[torch.Tensor]:
     """A balanced point over X: W_p = Q_p diag(s^{1/N}) Q_{p-1}^T, Q_N = U, Q_0 = V, Q_1..Q_{N-1} Haar.
 
-    X: (..., d, d) square (docs/theory.md section 2); depth N >= 1. Returns [W_1, ..., W_N], each
-    (..., d, d), with phi(W) = X and G_p(W) = 0. generator: torch.Generator for the Q_p (on X's
-    device); pass one for reproducibility. Rank-deficient X gives a point of the closure of M.
+    X: (..., d_N, d_0); depth N >= 1. Returns [W_1, ..., W_N], W_p (..., d_p, d_{p-1}), with
+    phi(W) = X and G_p(W) = W_{p+1}^T W_{p+1} - W_p W_p^T = 0 for every p.
+    widths: [d_0, ..., d_N]; None means square X of width d at every layer (docs/theory.md section 2:
+    Q_p Haar in O(d)). For general widths, r = min(widths) and the Q_p are (d_p, r) with
+    orthonormal columns (the first r columns of a Haar O(d_p) matrix; Q_N, Q_0 the leading r
+    singular vectors of X), so W_p has rank <= r; X must have rank <= r (ValueError otherwise:
+    no network of these widths reaches it). generator: torch.Generator for the Q_p (on X's device);
+    pass one for reproducibility. Rank-deficient X gives a point of the closure of M.
     """
     check_depth(depth)
-    check_matrix(X, square=True)
-    U, s, Vh = torch.linalg.svd(X)
-    batch, d = X.shape[:-2], X.shape[-1]
-    Qs = [Vh.mT] + [
-        random_orthogonal(tuple(batch), d, X.dtype, X.device, generator) for _ in range(depth - 1)
-    ] + [U]
+    if widths is None:
+        check_matrix(X, square=True)
+        widths = [X.shape[-1]] * (depth + 1)
+    else:
+        check_matrix(X)
+        widths = check_widths(list(widths))
+        if len(widths) != depth + 1 or (widths[-1], widths[0]) != tuple(X.shape[-2:]):
+            raise ValueError(
+                f"widths {widths} must list depth + 1 = {depth + 1} widths [d_0, ..., d_N] with (d_N, d_0) = X's shape {tuple(X.shape[-2:])}"
+            )
+    r = min(widths)
+    U, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    k = s.shape[-1]
+    if k > r:
+        tail = s[..., r:].amax(dim=-1)
+        if bool((tail > k * torch.finfo(s.dtype).eps * s.amax(dim=-1)).any()):
+            raise ValueError(
+                f"X has rank > {r} = min(widths {widths}); a network of these widths has rank <= {r}: widen the "
+                f"narrowest layer or give a target of rank <= {r}"
+            )
+    s, U, V = s[..., :r], U[..., :r], Vh.mT[..., :r]
+    batch = X.shape[:-2]
+    hidden = [orthonormal_columns(tuple(batch), widths[p], s.shape[-1], X.dtype, X.device, generator) for p in range(1, depth)]
+    Qs = [V] + hidden + [U]
     root = s ** (1.0 / depth)
     return [(Qs[p] * root.unsqueeze(-2)) @ Qs[p - 1].mT for p in range(1, depth + 1)]
 
@@ -147,7 +178,8 @@ class DeepLinearNetwork(nn.Module):
 
     Default dtype float64: balancedness drift is O(h^2) per step and float32 roundoff swamps it.
     """
-    INITS = ("balanced", "gaussian", "orthogonal", "identity")
+
+    INITS = ("balanced", "gaussian", "orthogonal", "identity", "residual")
 
     def __init__(
         self,
@@ -161,6 +193,7 @@ class DeepLinearNetwork(nn.Module):
         dtype: torch.dtype = torch.float64,
         device: str | torch.device | None = None,
         generator: torch.Generator | None = None,
+        std: float | None = None,
     ):
         super().__init__()
         widths = check_widths(widths)
@@ -170,15 +203,23 @@ class DeepLinearNetwork(nn.Module):
             raise ValueError(f"init must be one of {self.INITS}, got {init!r}")
         if not (isinstance(scale, (int, float)) and scale > 0):
             raise ValueError(f"scale must be a positive number, got {scale!r}")
+        if std is not None and not (isinstance(std, (int, float)) and not isinstance(std, bool) and std >= 0):
+            raise ValueError(f"std must be a non-negative number (entry std of a gaussian/residual init), got {std!r}")
+        if std is not None and init not in ("gaussian", "residual"):
+            raise ValueError(f"std applies to init 'gaussian' or 'residual' only (init is {init!r}); use scale")
+        if init == "residual" and std is None:
+            raise ValueError("init 'residual' (W_p = I + std * N(0, 1)) needs std, e.g. std=0.01")
         kw = dict(dtype=dtype, device=device)
         N = len(widths) - 1
         if init == "balanced":
             X = _balanced_target(widths, batch, scale, target, spectrum, generator, **kw)
-            weights = balanced_weights(X, N, generator)
+            weights = balanced_weights(X, N, generator, widths=None if len(set(widths)) == 1 else widths)
         elif init == "gaussian":
-            # scale / sqrt(d_{p-1}): each layer roughly preserves the norm of its input times `scale`.
+            # scale / sqrt(d_{p-1}): each layer roughly preserves the norm of its input times `scale`;
+            # std: i.i.d. N(0, std^2) entries (the small-init convention of Arora et al. 1905.13655).
             weights = [
-                torch.randn(batch, widths[p], widths[p - 1], generator=generator, **kw) * (scale / widths[p - 1] ** 0.5)
+                torch.randn(batch, widths[p], widths[p - 1], generator=generator, **kw)
+                * (scale / widths[p - 1] ** 0.5 if std is None else std)
                 for p in range(1, N + 1)
             ]
         elif init == "orthogonal":
@@ -187,9 +228,15 @@ class DeepLinearNetwork(nn.Module):
                 m = max(widths[p], widths[p - 1])
                 Q = random_orthogonal((batch,), m, generator=generator, **kw)
                 weights.append(scale * Q[..., : widths[p], : widths[p - 1]])
-        else:  # identity: W_p = scale * I (rectangular: the leading identity block)
+        elif init == "identity":  # W_p = scale * I (rectangular: the leading identity block)
             weights = [
                 scale * torch.eye(widths[p], widths[p - 1], **kw).expand(batch, -1, -1).clone()
+                for p in range(1, N + 1)
+            ]
+        else:  # residual: W_p = scale * I + std * N(0, 1) entries (identity block plus a small perturbation)
+            weights = [
+                scale * torch.eye(widths[p], widths[p - 1], **kw)
+                + std * torch.randn(batch, widths[p], widths[p - 1], generator=generator, **kw)
                 for p in range(1, N + 1)
             ]
         self.weights = nn.ParameterList([nn.Parameter(W) for W in weights])
@@ -251,26 +298,29 @@ class DeepLinearNetwork(nn.Module):
 
 
 def _balanced_target(widths, batch, scale, target, spectrum, generator, dtype, device):
-    d = widths[0]
-    if any(w != d for w in widths):
-        raise ValueError(
-            f"init 'balanced' needs equal widths (the balanced manifold is defined for square width), got {widths}"
-        )
+    """X(0) of shape (batch, d_N, d_0) for a balanced init: a given target, or U diag(s) V^T with
+    U, V Haar (orthonormal columns, r = min(widths) of them) and s = spectrum or all equal to scale.
+    A spectrum may list k <= r values (rank-k start); for square widths it must list all d."""
+    d_out, d_in, r = widths[-1], widths[0], min(widths)
+    square = len(set(widths)) == 1
     if target is not None:
         X = torch.as_tensor(target, dtype=dtype, device=device)
         if X.dim() == 2:
             X = X.expand(batch, -1, -1)
-        if X.shape != (batch, d, d):
-            raise ValueError(f"target must have shape ({d}, {d}) or ({batch}, {d}, {d}), got {tuple(X.shape)}")
+        if X.shape != (batch, d_out, d_in):
+            raise ValueError(f"target must have shape ({d_out}, {d_in}) or ({batch}, {d_out}, {d_in}), got {tuple(X.shape)}")
         return X.clone()
-    U = random_orthogonal((batch,), d, dtype, device, generator)
-    V = random_orthogonal((batch,), d, dtype, device, generator)
+    U = random_orthogonal((batch,), d_out, dtype, device, generator)[..., :r]
+    V = random_orthogonal((batch,), d_in, dtype, device, generator)[..., :r]
     if spectrum is None:
-        s = torch.full((d,), float(scale), dtype=dtype, device=device)
+        s = torch.full((r,), float(scale), dtype=dtype, device=device)
     else:
         s = torch.as_tensor(spectrum, dtype=dtype, device=device)
-        if s.shape != (d,) or bool((s < 0).any()):
-            raise ValueError(f"spectrum must be {d} non-negative singular values, got {spectrum!r}")
+        ok_len = s.shape == (r,) if square else (s.dim() == 1 and 1 <= s.shape[0] <= r)
+        if not ok_len or bool((s < 0).any()):
+            need = f"{r}" if square else f"1 to {r} = min(widths)"
+            raise ValueError(f"spectrum must be {need} non-negative singular values, got {spectrum!r}")
+        s = torch.cat([s, s.new_zeros(r - s.shape[0])])
     return (U * s) @ V.mT
 
 

@@ -15,6 +15,10 @@ arrays, each with the batch dim first, when it applies to the state, and the run
     entropy_measured  (B,)        log-volume of the orbit through W (square widths, parameter schemes)
     reference_distance (B,)       ||X - X_ref||_F / ||X_ref||_F against a reference (theory) state
                                   (||X - X_ref||_F where X_ref = 0)
+    norms             (B,) each   nuclear_norm, frobenius_norm, spectral_norm of X   (not recorded unless asked for)
+    effective_rank    (B,)        exp of the entropy of s/||s||_1 (Roy & Vetterli)  (not recorded unless asked for)
+    completion_error  (B,) each   matrix_completion: test_error (unobserved entries), train_error (observed),
+                                  reconstruction_error (all entries), relative to energy.target on those entries
     <stat>            (B,)        every counter the scheme keeps in state.stats
 
 `Observer.measure(state, reference)` evaluates the included entries in registry order. The
@@ -36,6 +40,7 @@ from ._checks import as_beta
 from .dynamics.base import State
 from .energies import Energy
 from .entropy import entropy_from_singular_values, orbit_log_volume
+from .metrics import completion_errors, effective_rank_from_singular_values
 from .network import balancedness
 
 __all__ = ["Observer", "Observable", "Context", "OBSERVABLES", "ENTROPY_MEASURED_AUTO_MAX", "default_include"]
@@ -137,6 +142,21 @@ def _square_weights(ctx: Context) -> bool:
     return ws is not None and all(W.shape[-1] == W.shape[-2] == ctx.X.shape[-1] for W in ws)
 
 
+def _norms(ctx: Context) -> dict:
+    s = ctx.singular_values
+    return {"nuclear_norm": s.sum(dim=-1), "frobenius_norm": s.square().sum(dim=-1).sqrt(), "spectral_norm": s[..., 0]}
+
+
+def _completion_error(ctx: Context) -> dict:
+    e = completion_errors(ctx.X, ctx.energy.target, ctx.energy.mask)
+    return {"test_error": e["test_error_rel"], "train_error": e["train_error_rel"],
+            "reconstruction_error": e["reconstruction_error_rel"]}
+
+
+def _is_completion(ctx: Context) -> bool:
+    return getattr(type(ctx.energy), "name", None) == "matrix_completion"
+
+
 _ENTRIES = (
     Observable("loss", lambda c: {"loss": c.loss}, figure="loss"),
     Observable("singular_values", lambda c: {"singular_values": c.singular_values}, figure="singular_values"),
@@ -150,6 +170,10 @@ _ENTRIES = (
     Observable("entropy_measured", lambda c: {"entropy_measured": orbit_log_volume(c.state.weights)}, _square_weights,
                figure="entropy", select=_select_entropy_measured),
     Observable("reference_distance", _reference_distance, lambda c: c.reference is not None),
+    Observable("norms", _norms, figure="implicit_regularization", default=False),
+    Observable("effective_rank", lambda c: {"effective_rank": effective_rank_from_singular_values(c.singular_values)},
+               figure="implicit_regularization", default=False),
+    Observable("completion_error", _completion_error, _is_completion, figure="implicit_regularization", default=False),
 )
 OBSERVABLES: dict[str, Observable] = {o.name: o for o in _ENTRIES}
 

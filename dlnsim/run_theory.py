@@ -52,6 +52,7 @@ __all__ = [
     "energy_title",
     "stationary_rows",
     "theory_arrays",
+    "undefined_theory",
 ]
 
 # Largest width d for which figures compute the Gibbs reference of any energy by MCMC (d^2-dimensional
@@ -62,6 +63,16 @@ GIBBS_MCMC_MAX_WIDTH = 4
 def _square(cfg: dict) -> bool:
     w = cfg["network"]["widths"]
     return all(x == w[0] for x in w)
+
+
+def undefined_theory(cfg: dict) -> str | None:
+    """One line naming the theory quantities a run with rectangular widths cannot have (they are
+    defined for square width, THEORY.md sections 3-5), or None for square widths."""
+    if cfg["network"]["widths"] is None or _square(cfg):  # a study's own section: its variants say
+        return None
+    return (f"widths {cfg['network']['widths']} are not square: the entropy S(X) (entropy_formula, free_energy), "
+            "entropy_measured, the balanced-manifold Langevin schemes, the RLE, the end-to-end reference flow and the "
+            "Saxe/Gibbs closed forms are undefined and not recorded")
 
 
 def initial_spectrum(cfg: dict) -> torch.Tensor:

@@ -8,10 +8,12 @@ a module may import its own layer or lower ones only:
                    _guard, _children, record_store
     1 kernels      spectral, stats, small_svd
     2 mathematics  geometry, entropy, network, theory, gibbs, manifold, reference, depth_limit, fields,
-                   field_network, field_geometry, entropy_fields (the DLN over R, C, H)
+                   field_network, field_geometry, entropy_fields (the DLN over R, C, H), metrics, baselines,
+                   tasks (targets, masks, data of implicit-regularization studies)
     3 energies     energies, field_energies
     4 dynamics     dynamics.*
-    5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts), field_observe
+    5 measuring    observe, simulation, run_theory, problems (reference problems of tests and scripts), field_observe,
+                   gradient_noise
     6 run inputs   config, results, builders, field_runs
     7 run outputs  plotting.*, runner, bias_check
     8 sweeps       sweep.*, sweep_plots, loaders (load_run, load_sweep)
@@ -22,6 +24,7 @@ A new module must be placed in a layer here: the test fails on a module it does 
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 
 import pytest
@@ -33,10 +36,10 @@ LAYERS = [
      "_guard", "_children", "record_store"],
     ["spectral", "stats", "small_svd"],
     ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "reference", "depth_limit",
-     "fields", "field_network", "field_geometry", "entropy_fields"],
+     "fields", "field_network", "field_geometry", "entropy_fields", "metrics", "baselines", "tasks"],
     ["energies", "field_energies"],
     ["dynamics"],
-    ["observe", "simulation", "run_theory", "problems", "field_observe"],
+    ["observe", "simulation", "run_theory", "problems", "field_observe", "gradient_noise"],
     ["config", "results", "builders", "field_runs"],
     ["plotting", "runner", "bias_check"],
     ["sweep", "sweep_plots", "loaders"],
@@ -161,7 +164,10 @@ def test_registries_are_complete():
     assert SCHEMA["observers"]["include"].check.values == tuple(OBSERVABLES)
     for name, cls in SCHEMES.items():
         assert cls.name == name and cls.space in ("parameters", "end_to_end"), name
-        assert not (cls.stochastic and not cls.needs_beta), name
+        # stochastic schemes draw their noise from the run's generator (SGD is stochastic without a
+        # temperature: its noise is the minibatches)
+        takes_generator = any("generator" in inspect.signature(k.__init__).parameters for k in cls.__mro__ if "__init__" in vars(k))
+        assert not cls.stochastic or takes_generator, name
     for name, cls in ENERGIES.items():
         assert cls.name == name and "batch_free" in vars(cls), name
         for key in cls.config_keys:

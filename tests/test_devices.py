@@ -21,13 +21,17 @@ from dlnsim.manifold import check_point_on_manifold
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STOCHASTIC = tuple(name for name, cls in SCHEMES.items() if cls.stochastic)
 STEPS = 50
+# schemes that need an energy of samples: minibatches of random observed entries, one mask per trajectory
+ENERGY = {"sgd": {"type": "matrix_completion", "target": "random", "mask": "random", "mask_fraction": 0.6,
+                  "mask_per_trajectory": True}}
+OPTIONS = {"sgd": {"batch_size": 3, "label_noise": 0.1, "momentum": 0.5}}
 
 
 def _run(scheme_name: str, device: str):
     cfg = load_config(
         {
             "network": {"width": 3, "depth": 3, "init": "balanced", "scale": 0.7},
-            "energy": {"type": "weight_decay" if scheme_name in STOCHASTIC else "matrix_regression"},
+            "energy": ENERGY.get(scheme_name, {"type": "weight_decay" if scheme_name in STOCHASTIC else "matrix_regression"}),
             "dynamics": {
                 "scheme": scheme_name,
                 "step_size": 0.01,
@@ -35,6 +39,7 @@ def _run(scheme_name: str, device: str):
                 "ensemble": 4,
                 "seed": 3,
                 "beta": 2.0 if SCHEMES[scheme_name].needs_beta else None,
+                "options": OPTIONS.get(scheme_name, {}),
             },
             "observers": {"every": 10},
             "device": {"device": device},

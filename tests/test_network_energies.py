@@ -204,8 +204,12 @@ def test_network_bad_input():
         DeepLinearNetwork([3, 3], init="xavier")
     with pytest.raises(ValueError, match="scale"):
         DeepLinearNetwork([3, 3], scale=-1.0)
-    with pytest.raises(ValueError, match="equal widths"):
-        DeepLinearNetwork([3, 4, 3], init="balanced")
+    with pytest.raises(ValueError, match="has rank > 2"):  # rectangular balanced init: rank <= min width
+        DeepLinearNetwork([3, 2, 3], init="balanced", target=torch.eye(3, dtype=DTYPE))
+    with pytest.raises(ValueError, match="residual.*needs std"):
+        DeepLinearNetwork([3, 3], init="residual")
+    with pytest.raises(ValueError, match="std applies"):
+        DeepLinearNetwork([3, 3], init="orthogonal", std=0.1)
     with pytest.raises(ValueError, match="target must have shape"):
         DeepLinearNetwork([3, 3, 3], init="balanced", target=torch.zeros(2, 2, dtype=DTYPE))
     with pytest.raises(ValueError, match="spectrum"):

@@ -3,6 +3,7 @@
 gradient: GradientDescent, GradientFlow (RK4 / DOPRI5), EndToEndFlow, FreeEnergyFlow (EndToEndFlow with beta).
 langevin: ProjectedLangevin, MetropolisLangevin (on the balanced manifold), UnprojectedLangevin.
 rle:      RiemannianLangevin (the Riemannian Langevin equation for X), rle_drift, rle_drift_autograd.
+sgd:      SGD (minibatch / label-noise SGD, weight decay, momentum, LR schedules), LRSchedule.
 infinite_depth: the end-to-end flow, free-energy flow and RLE at depth inf (time in units of N).
 balancing: BalancingFlow (gradient flows of R = 1/2 sum ||W_p||^2 on the fibers of phi), WeightDecayDescent.
 
@@ -16,6 +17,7 @@ from .base import Scheme, State, rk4_step
 from .gradient import EndToEndFlow, FreeEnergyFlow, GradientDescent, GradientFlow, parameter_gradient
 from .langevin import MetropolisLangevin, ProjectedLangevin, UnprojectedLangevin
 from .rle import RiemannianLangevin, rle_drift, rle_drift_autograd
+from .sgd import SGD, LRSchedule
 from .balancing import BalancingFlow, WeightDecayDescent
 from .infinite_depth import InfiniteDepthFlow, InfiniteDepthFreeEnergyFlow, InfiniteDepthLangevin
 
@@ -30,6 +32,7 @@ SCHEMES: dict[str, type[Scheme]] = {
         MetropolisLangevin,
         UnprojectedLangevin,
         RiemannianLangevin,
+        SGD,
         BalancingFlow,
         WeightDecayDescent,
     )
@@ -69,4 +72,6 @@ __all__ = [
     "RiemannianLangevin",
     "rle_drift",
     "rle_drift_autograd",
+    "SGD",
+    "LRSchedule",
 ]

@@ -12,6 +12,8 @@ apply when the run was made) and from run_theory (the Gibbs law), never decided 
   Gibbs reference of dlnsim.reference for the energy the run used (quadrature line, or MCMC histogram
   with its +-2 s.e. band), P(det X > 0), and "no reference: <why>" where none can be computed; the
   z-scores of the headline moments go to figures/stationary.csv.
+- implicit_regularization: norms, effective rank, loss and completion errors against log time
+  (runs recording the norms / effective_rank / completion_error observables).
 Ensembles are drawn as the median and a 10-90% quantile band (individual lines when B <= 4); runs
 with a list of betas are drawn one colour per beta.
 """
@@ -201,6 +203,39 @@ def _det_text(rows) -> str:
                      for x in r)
 
 
+def _fig_implicit_regularization(cfg, a):
+    """Norms, effective rank, loss and (completion) test error over time, log-log: the picture of
+    implicit-regularization studies (Razin & Cohen 2020; Arora et al. 2019). No theory curve applies."""
+    panels = []
+    if "nuclear_norm" in a:
+        panels.append(("norms of $X$", [("nuclear_norm", "nuclear"), ("frobenius_norm", "Frobenius"), ("spectral_norm", "spectral")]))
+    if "effective_rank" in a:
+        r = min(cfg["network"]["widths"][0], cfg["network"]["widths"][-1])
+        panels.append((f"effective rank (of at most {r})", [("effective_rank", None)]))
+    panels.append(("loss $E(X)$", [("loss", None)]))
+    if "test_error" in a:
+        panels.append(("relative error on entries", [("test_error", "unobserved (test)"), ("train_error", "observed (train)")]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False)
+    t = a["t"]
+    later = t > 0  # log time axis
+    for ax, (ylabel, keys) in zip(axes[0], panels):
+        for k, (key, lab) in enumerate(keys):
+            for gi, (glabel, idx) in enumerate(beta_groups(a)):
+                Y = a[key][later][:, idx]
+                band(ax, t[later], positive_or_nan(Y) if key != "effective_rank" else Y,
+                     COLORS[(k if len(keys) > 1 else gi) % len(COLORS)], lab if gi == 0 else None)
+        ax.set_xscale("log")
+        if key != "effective_rank" and np.nanmin(np.where(np.isfinite(a[keys[0][0]]), a[keys[0][0]], np.nan)) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("time $t$")
+        ax.set_ylabel(ylabel)
+        if any(lab for _, lab in keys):
+            ax.legend()
+    fig.suptitle(run_title(cfg) + f"; energy {cfg['energy']['type']} (no closed form applies)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _fig_stationary(cfg, a):
     d = cfg["network"]["widths"][0]
     groups = beta_groups(a)
@@ -226,6 +261,9 @@ class RunFigure(NamedTuple):
 
 
 RUN_FIGURES: dict[str, RunFigure] = {
+    # first: when a run records these, its headline (output.showcase) is this figure
+    "implicit_regularization": RunFigure(_fig_implicit_regularization,
+                                         lambda cfg, a: "effective_rank" in a or "nuclear_norm" in a),
     "singular_values": RunFigure(_fig_singular_values, lambda cfg, a: "singular_values" in a),
     "loss": RunFigure(_fig_loss, lambda cfg, a: True),
     "balancedness": RunFigure(_fig_balancedness,
