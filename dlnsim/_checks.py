@@ -23,7 +23,7 @@ def check_matrix(X: torch.Tensor, name: str = "X", square: bool = False) -> torc
         raise ValueError(f"{name} must be a floating-point tensor (float64 recommended), got {X.dtype}")
     if square and X.shape[-1] != X.shape[-2]:
         raise ValueError(
-            f"{name} must be square (..., d, d) here: the theory (THEORY.md sections 3-5) is for "
+            f"{name} must be square (..., d, d) here: the theory (docs/theory.md sections 3-9) is for "
             f"square width, got shape {tuple(X.shape)}"
         )
     return X

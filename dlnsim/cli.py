@@ -1,6 +1,6 @@
 """The `dlnsim` command line.
 
-    dlnsim run CONFIG [--set KEY=VALUE ...] [--out DIR] [--quiet]
+    dlnsim run CONFIG [--set KEY=VALUE ...] [--out DIR] [--quiet] [--bias-check]
     dlnsim run --resume RUN_DIR [--quiet]
     dlnsim plot RUN_DIR [--format png pdf]
     dlnsim validate CONFIG [--set KEY=VALUE ...] [--print]
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary lines")
     r.add_argument("--allow-showcase-anywhere", action="store_true",
                    help="let output.showcase write its .png outside <output.dir>/showcase/")
+    r.add_argument("--bias-check", action="store_true",
+                   help="then rerun at step_size/2 (same seed and time) into RUN_DIR/bias_check_h2 and report the "
+                        "difference and the Richardson-extrapolated headline moments with standard errors (bias_check.csv)")
 
     pl = sub.add_parser("plot", help="(re)draw the figures of a result folder from its files")
     pl.add_argument("run_dir", metavar="RUN_DIR")
@@ -92,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args) -> int:
 
     if args.resume:
+        if args.bias_check:
+            return _error("--bias-check applies to a new run, not to --resume")
         if args.config or args.overrides or args.out:
             return _error("--resume RUN_DIR takes no CONFIG, --set or --out (the folder's config.yaml is used)")
         out = resume(args.resume, quiet=args.quiet)
@@ -103,7 +108,15 @@ def _cmd_run(args) -> int:
             # A modified run is not the showcase: keep the curated figure unless asked explicitly.
             overrides.append(("output.showcase", None))
         cfg = load_config(args.config, overrides)
+        if args.bias_check and variant_configs(cfg):
+            return _error("--bias-check needs a plain run, not a study (run one variant with --set, e.g. dynamics.scheme=...)")
         out = run(cfg, args.out, quiet=args.quiet, allow_showcase_anywhere=args.allow_showcase_anywhere)
+        if args.bias_check and out.status == Status.COMPLETED:
+            from .bias_check import bias_check, format_table  # the extra run and its report only when asked
+
+            rows, path = bias_check(cfg, out.run_dir, quiet=args.quiet)
+            print(format_table(rows))
+            print(f"bias check: {path}")
     if out.status in (Status.FAILED, Status.DIVERGED) and out.message:
         print(f"dlnsim: error: {out.message} ({out.run_dir})", file=sys.stderr)
     return out.exit_code

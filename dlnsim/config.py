@@ -59,7 +59,7 @@ from .resources import MAX_STEPS, check_memory, check_threads, step_count
 from .run_theory import reference_flow_applies
 from .field_runs import FIELD_NAMES, check_config as _field_rules
 from .safe_io import FileRefused, load_yaml_text
-from .safe_paths import check_name
+from .safe_paths import check_name, safe_stem
 
 __all__ = [
     "ConfigError",
@@ -148,7 +148,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                         Choice(("none", "depth"))),
         "theory": O("auto", "integrate the end-to-end flow alongside deterministic parameter schemes with square widths (reference_* arrays): auto (only when a figure or observers.include uses it) | true | false",
                     Choice(("auto", "true", "false"))),
-        "options": O({}, "extra keyword options of the scheme class: Langevin safeguards; for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step)", Mapping()),
+        "options": O({}, "extra keyword options of the scheme class: Langevin safeguards and det-sign components (langevin_projected, langevin_metropolis: keep_component, reflect_every; rle: chart, keep_component; docs/theory.md section 8); for gradient_flow, end_to_end_flow, free_energy_flow: method (rk4: fixed step h | dopri5: adaptive Dormand-Prince 5(4) between save-grid points) with rtol (1e-9), atol (1e-12), max_substeps (10000 per step)", Mapping()),
     },
     "observers": {
         "every": O(None, "save every k steps (null: about 200 save points)", Int(ge=1, nullable=True)),
@@ -282,7 +282,7 @@ def load_config(path_or_dict, overrides=()) -> dict:
     absolutize_paths(raw, base_dir)
     if (raw.get("output") or {}).get("name") is None:
         raw.setdefault("output", {})
-        raw["output"] = dict(raw["output"] or {}, name=stem)
+        raw["output"] = dict(raw["output"] or {}, name=safe_stem(stem))
     return validate(raw)
 
 

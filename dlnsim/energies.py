@@ -1,6 +1,6 @@
 """Energies E(X) on the end-to-end matrix, batched: value (B,) and Euclidean gradient (B, d_out, d_in).
 
-The loss on parameters is L(W) = E(phi(W)) (THEORY.md section 1). Every energy has
+The loss on parameters is L(W) = E(phi(W)) (docs/theory.md section 1). Every energy has
 `value(X)`, `grad(X)` and `value_and_grad(X)` for X of shape (B, d_out, d_in) (or (d_out, d_in));
 data tensors (targets, masks) broadcast over the batch. `CustomEnergy` wraps any differentiable
 function of X, with the gradient by autograd.

@@ -1,6 +1,6 @@
 """Entropy of the deep linear network: log-volumes of the group orbits over X.
 
-Closed form (Menon & Yu, arXiv 2509.09088, Theorem 4; THEORY.md section 4):
+Closed form (Menon & Yu, arXiv 2509.09088, Theorem 4; docs/theory.md section 5):
 
     S(X) = (N-1) log c_d + 1/2 sum_{i<j} log K_ij(s),   c_d = vol O(d),
 

@@ -3,7 +3,7 @@
     A_{N,X}(P) = sum_{p=1}^N (X X^T)^{(N-p)/N} P (X^T X)^{(p-1)/N}
                = U [K o (U^T P V)] V^T,        X = U diag(s) V^T,
 
-with K the spectral kernel of `dlnsim.spectral` (THEORY.md section 3; Arora, Cohen & Hazan
+with K the spectral kernel of `dlnsim.spectral` (docs/theory.md section 3; Arora, Cohen & Hazan
 1802.06509; Menon 2411.09004). Powers A^q (q = 1/2, -1, -1/2) are the same formula with K^q.
 The metric on the observables is g^N(X)(Z, Z) = tr(Z^T A_{N,X}^{-1}(Z)).
 

@@ -1,6 +1,6 @@
 """The stationary (Gibbs) law of the DLN Langevin dynamics, on X and on its singular values.
 
-Both Langevin descriptions of THEORY.md section 5 (constrained Langevin on the balanced manifold,
+Both Langevin descriptions of docs/theory.md section 6 (constrained Langevin on the balanced manifold,
 and the Riemannian Langevin equation for X) leave invariant exp(-beta E(X) + S(X)) dvol_{g^N}(X).
 With dvol_g = det(A_{N,X})^{-1/2} dX, det A = prod_{all i,j} K_ij, K_ii = N s_i^{2(N-1)/N} and
 e^S = c_d^{N-1} prod_{i<j} K_ij^{1/2}, the density with respect to Lebesgue measure dX is

@@ -2,7 +2,7 @@
 
 An ensemble of B networks of depth N with widths d_0 (input), ..., d_N (output) is held as
 weights [W_1, ..., W_N], W_p of shape (B, d_p, d_{p-1}); the end-to-end matrix is
-X = phi(W) = W_N ... W_1 of shape (B, d_N, d_0) (THEORY.md section 1).
+X = phi(W) = W_N ... W_1 of shape (B, d_N, d_0) (docs/theory.md section 1).
 
 The parameter gradient of L(W) = E(phi(W)) is dL/dW_p = W_{N:p+1}^T grad E(X) W_{p-1:1}^T,
 computed from prefix and suffix products with 3N - 3 batched matmuls (no autograd in the hot
@@ -100,7 +100,7 @@ def balancedness(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     """G_p = W_{p+1}^T W_{p+1} - W_p W_p^T for p = 1..N-1, stacked: (B, N-1, d, d) for square widths.
 
     For general widths the hidden widths differ; then a list is returned (each (B, d_p, d_p)).
-    Conserved by gradient flow (THEORY.md section 2); zero on the balanced manifold.
+    Conserved by gradient flow (docs/theory.md section 2); zero on the balanced manifold.
     """
     G = [weights[p].mT @ weights[p] - weights[p - 1] @ weights[p - 1].mT for p in range(1, len(weights))]
     if len(G) == 0:
@@ -123,7 +123,7 @@ def random_orthogonal(shape: tuple[int, ...], d: int, dtype=torch.float64, devic
 def balanced_weights(X: torch.Tensor, depth: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """A balanced point over X: W_p = Q_p diag(s^{1/N}) Q_{p-1}^T, Q_N = U, Q_0 = V, Q_1..Q_{N-1} Haar.
 
-    X: (..., d, d) square (THEORY.md section 2); depth N >= 1. Returns [W_1, ..., W_N], each
+    X: (..., d, d) square (docs/theory.md section 2); depth N >= 1. Returns [W_1, ..., W_N], each
     (..., d, d), with phi(W) = X and G_p(W) = 0. generator: torch.Generator for the Q_p (on X's
     device); pass one for reproducibility. Rank-deficient X gives a point of the closure of M.
     """

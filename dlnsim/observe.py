@@ -1,4 +1,4 @@
-"""Observables of a run, measured at save points (THEORY.md section 6): one registry entry each.
+"""Observables of a run, measured at save points (docs/theory.md): one registry entry each.
 
 `OBSERVABLES` maps a name to an `Observable`: a pure function of (state, context) returning its
 arrays, each with the batch dim first, when it applies to the state, and the run figure that draws it.
@@ -8,6 +8,7 @@ arrays, each with the batch dim first, when it applies to the state, and the run
     X                 (B, d_N, d_0)                       (not recorded unless asked for)
     entropy_formula   (B,)        S(X), closed form (square X; -inf/NaN where rank-deficient)
     free_energy       (B,)        E - S/beta (square X, when beta is given)
+    det_sign          (B,)        sign det X: +1, -1 (0 when singular); square X (docs/theory.md section 8)
     balancedness      (B, N-1)    ||G_p(t) - G_p(0)||_F   (parameter schemes, N >= 2), with
       balancedness_norm (B, N-1)  ||G_p(t)||_F
       balancedness_rel  (B,)      max_p ||G_p(t) - G_p(0)||_F / sum_p ||W_p||_F^2 (the absolute drift where W = 0)
@@ -143,6 +144,7 @@ _ENTRIES = (
     Observable("entropy_formula", lambda c: {"entropy_formula": c.entropy}, lambda c: c.square, figure="entropy"),
     Observable("free_energy", lambda c: {"free_energy": c.loss - c.entropy / as_beta(c.beta, c.X, trailing=0)},
                lambda c: c.square and c.beta is not None, figure="thermodynamics"),
+    Observable("det_sign", lambda c: {"det_sign": torch.linalg.det(c.X).sign()}, lambda c: c.square, figure="stationary"),
     Observable("balancedness", _balancedness, lambda c: c.state.weights is not None and len(c.state.weights) > 1,
                figure="balancedness"),
     Observable("entropy_measured", lambda c: {"entropy_measured": orbit_log_volume(c.state.weights)}, _square_weights,

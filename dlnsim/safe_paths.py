@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["MAX_NAME", "check_name", "check_showcase", "inside"]
+__all__ = ["MAX_NAME", "check_name", "check_showcase", "inside", "safe_stem"]
 
 MAX_NAME = 100  # + "-YYYYmmdd-HHMMSS-k": well below the 255 bytes a path component may have
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
@@ -34,6 +34,13 @@ def check_name(key: str, value) -> str:
         why = f"contains {bad!r}" if bad is not None else f"starts with {value[0]!r}"
         raise ValueError(f"{key}: {value[:40]!r} is not a safe folder name ({why}); use {ALPHABET}")
     return value
+
+
+def safe_stem(stem: str) -> str:
+    """A file's stem made a safe name (the default output.name): unsafe characters become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._+=,-]", "-", stem)[:MAX_NAME]
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)
+    return name or "run"
 
 
 def inside(path: str, folder: str) -> bool:

@@ -250,7 +250,7 @@ def simulate(
     return the records, with the final state as `.state`.
 
     reference: a scheme on the end-to-end matrix (e.g. EndToEndFlow) started from phi(weights)
-    and advanced alongside; its distance to the run is recorded (THEORY.md section 6). If the run
+    and advanced alongside; its distance to the run is recorded (docs/theory.md section 4). If the run
     diverges, the records up to the last finite save point come back with `.diverged` set (and a
     warning). Continuing from `state` (e.g. burn-in, then a smaller step): its step count and time
     go on, and its first save point is the next multiple of save_every.

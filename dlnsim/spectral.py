@@ -3,7 +3,7 @@
     K_ij(s) = sum_{p=1}^N s_i^{2(N-p)/N} s_j^{2(p-1)/N}
             = (s_i^2 - s_j^2) / (s_i^{2/N} - s_j^{2/N})   (i != j),   K_ii = N s_i^{2(N-1)/N}
 
-(THEORY.md section 3). With a = s^{2/N} and delta_ij = log a_i - log a_j the geometric sum is
+(docs/theory.md section 3). With a = s^{2/N} and delta_ij = log a_i - log a_j the geometric sum is
 
     K_ij = a_max^{N-1} * expm1(-N|delta|) / expm1(-|delta|),
 

@@ -10,6 +10,10 @@
   no assumption on the autocorrelation within a chain).
 - batch_means_stderr(values, n_batches): standard error of the mean of one long correlated series.
 - zscore(estimate, truth, stderr) = (estimate - truth) / stderr.
+- richardson(m_h, se_h, m_half, se_half, order): extrapolation to h -> 0 from runs at h and h/2.
+- split_rhat(values), effective_sample_size(values): MCMC convergence diagnostics across C chains,
+  values (T, C) or (T, C, k): split R-hat (Gelman et al., BDA3 section 11.4) and the ESS from the
+  multi-chain autocorrelation truncated by Geyer's initial monotone sequence (as in Stan).
 
 These run once per analysis on the host (they return Python floats or small tensors); they are
 not part of any per-step code.
@@ -21,7 +25,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["kolmogorov_sf", "ks_test", "independent_chain_stderr", "batch_means_stderr", "zscore", "mean_and_stderr"]
+__all__ = [
+    "kolmogorov_sf", "ks_test", "independent_chain_stderr", "batch_means_stderr", "zscore", "mean_and_stderr",
+    "split_rhat", "effective_sample_size", "richardson",
+]
 
 
 def kolmogorov_sf(t: float) -> float:
@@ -117,3 +124,65 @@ def batch_means_stderr(values: torch.Tensor, n_batches: int = 20) -> torch.Tenso
 def zscore(estimate, truth, stderr):
     """(estimate - truth) / stderr; floats or broadcastable tensors."""
     return (estimate - truth) / stderr
+
+
+def _chains(values) -> torch.Tensor:
+    v = torch.as_tensor(values).to(torch.float64)
+    if v.dim() == 2:
+        v = v.unsqueeze(-1)
+    if v.dim() != 3 or v.shape[1] < 2 or v.shape[0] < 4:
+        raise ValueError(f"values must have shape (T, C) or (T, C, k) with C >= 2 chains and T >= 4, got {tuple(v.shape)}")
+    return v
+
+
+def split_rhat(values) -> torch.Tensor:
+    """Split R-hat: each chain cut in halves, sqrt(var_plus / W) with W the mean within-half variance and
+    var_plus = (n-1)/n W + var(half means). values (T, C) or (T, C, k); returns (k,) (or (1,))."""
+    v = _chains(values)
+    n = v.shape[0] // 2
+    halves = torch.cat([v[:n], v[v.shape[0] - n:]], dim=1)  # (n, 2C, k)
+    W = halves.var(dim=0, unbiased=True).mean(dim=0)
+    B_n = halves.mean(dim=0).var(dim=0, unbiased=True)
+    return torch.sqrt(((n - 1) / n * W + B_n) / W)
+
+
+def effective_sample_size(values) -> torch.Tensor:
+    """ESS = C T / tau, tau = -1 + 2 sum_t P_t, P_t = rho_{2t} + rho_{2t+1} summed while positive and made
+    monotone (Geyer's initial monotone sequence); rho_t = 1 - (W - mean_c acov_c(t)) / var_plus combines the
+    chains (Stan's estimator). values (T, C) or (T, C, k); returns (k,)."""
+    v = _chains(values)
+    T, C, k = v.shape
+    x = v - v.mean(dim=0)
+    nfft = 1 << (2 * T - 1).bit_length()
+    f = torch.fft.rfft(x, n=nfft, dim=0)
+    acov = torch.fft.irfft(f * f.conj(), n=nfft, dim=0)[:T] / T  # (T, C, k), biased autocovariance
+    W = v.var(dim=0, unbiased=True).mean(dim=0)
+    var_plus = (T - 1) / T * W + (v.mean(dim=0).var(dim=0, unbiased=True) if C > 1 else 0.0)
+    rho = 1.0 - (W - acov.mean(dim=1)) / var_plus  # (T, k)
+    out = torch.empty(k, dtype=torch.float64)
+    for j in range(k):
+        r = rho[:, j].tolist()
+        total, prev = 0.0, float("inf")
+        for t in range(0, T - 1, 2):
+            P = r[t] + r[t + 1]
+            if P <= 0:
+                break
+            P = min(P, prev)
+            total += P
+            prev = P
+        tau = max(-1.0 + 2.0 * total, 1.0 / math.log10(max(C * T, 10)))
+        out[j] = C * T / tau
+    return out
+
+
+def richardson(m_h, se_h, m_half, se_half, order: int = 1):
+    """Richardson extrapolation to h -> 0 from runs at h and h/2 with independent noise.
+
+    m0 = m_half + (m_half - m_h) / (2^p - 1), p = order; its standard error
+    sqrt((c se_half)^2 + ((c - 1) se_h)^2), c = 2^p / (2^p - 1). Floats or broadcastable tensors.
+    Returns (m0, se0, difference m_half - m_h).
+    """
+    c = 2.0**order / (2.0**order - 1.0)
+    m0 = c * m_half - (c - 1.0) * m_h
+    se0 = ((c * se_half) ** 2 + ((c - 1.0) * se_h) ** 2) ** 0.5
+    return m0, se0, m_half - m_h

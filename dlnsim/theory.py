@@ -1,5 +1,5 @@
 """Closed-form gradient-flow trajectories of the DLN (Saxe, McClelland & Ganguli 1312.6120;
-Arora, Cohen & Hazan 1802.06509; THEORY.md section 3).
+Arora, Cohen & Hazan 1802.06509; docs/theory.md section 4).
 
 For E = 1/2 ||X - Phi||^2, Phi = U diag(lambda) V^T, and an aligned balanced start
 X(0) = U diag(u_0) V^T, X stays aligned and each mode solves

@@ -68,7 +68,7 @@ def cases():
     add("ensemble-bool", config=merged(dynamics={"ensemble": True}))
     add("target-ragged", config=merged(energy={"target": [[1, 2], [3]]}))
     add("target-nan", config="energy: {target: [[.nan, 0], [0, 1]]}\nnetwork: {depth: 2, width: 2}\ndynamics: {steps: 4}\n")
-    add("target-huge", config=merged(energy={"target": [[1e308, 0], [0, 1e308]]}))
+    add("target-huge", config=merged(energy={"target": [[1e308, 0], [0, 1e308]], "spectrum": None}))
     add("spectrum-wrong-length", config=merged(energy={"spectrum": [1, 2, 3]}))
     add("mask-unknown-word", config=merged(energy={"type": "matrix_completion", "mask": "random"}))
     add("every-zero", config=merged(observers={"every": 0}))
@@ -117,7 +117,9 @@ def cases():
     add("energy-seed-negative", config=merged(energy={"seed": -1}))
     add("time-zero", config=merged(dynamics={"time": 0, "steps": None}))
     add("name-unicode-rtl", config=merged(output={"name": "run\u202egnp.exe"}))
-    add("name-with-space-ok", config=merged(output={"name": "my run"}))
+    add("name-with-space", config=merged(output={"name": "my run"}))
+    add("config-stem-with-space-ok", setup=lambda s: open(os.path.join(s, "my run.yaml"), "w").write(
+        yaml.safe_dump(merged(output={"dir": os.path.join(s, "results"), "figures": False}))), argv=["run", "{scratch}/my run.yaml", "--quiet"])
     add("sweep-empty-axis", config={"base": BASE, "axes": {"dynamics.seed": []}}, argv=["sweep", "{cfg}", "--out", "{out}", "--quiet"])
     add("sweep-unknown-key", config={"base": BASE, "axes": {"dynamics.sead": [1]}}, argv=["sweep", "{cfg}", "--out", "{out}", "--quiet"])
     add("sweep-million-points", config={"base": BASE, "axes": {"dynamics.seed": list(range(1000)), "energy.seed": list(range(1000))}},
@@ -178,7 +180,8 @@ def run_case(name, spec):
                         config["output"]["dir"] = out_dir
                 text = yaml.safe_dump(config, sort_keys=False)
             else:
-                text = config + f"output: {{dir: {out_dir}, figures: false}}\n" if config and "output" not in config else config
+                mapping = config and not config.lstrip().startswith("-")
+                text = config + f"output: {{dir: {out_dir}, figures: false}}\n" if mapping and "output" not in config else config
             with open(cfg_path, "w") as f:
                 f.write(text)
         argv = [a.replace("{cfg}", cfg_path).replace("{out}", os.path.join(out_dir, "sweep")).replace("{scratch}", scratch)

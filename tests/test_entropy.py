@@ -1,4 +1,4 @@
-"""Entropy S(X) (closed form), the measured orbit log-volume, and vol O(d) (THEORY.md section 4).
+"""Entropy S(X) (closed form), the measured orbit log-volume, and vol O(d) (docs/theory.md section 5).
 
 Independent references: a dense Gram determinant of the orbit map J (no block structure used),
 mpmath at 50 digits on the defining geometric sum of K, mp.diff for derivatives, autograd, and
@@ -7,7 +7,6 @@ hand derivations of vol O(d).
 import itertools
 import math
 
-import mpmath
 import pytest
 import torch
 
@@ -16,6 +15,8 @@ from dlnsim.entropy import so_basis
 from dlnsim.network import balanced_weights, end_to_end
 
 from conftest import DTYPE, make_generator, matrix_with_spectrum, random_orthogonal
+
+mpmath = pytest.importorskip("mpmath", reason="mpmath is a test dependency: pip install -e '.[dev]'")
 
 
 @pytest.fixture(autouse=True)
@@ -154,7 +155,7 @@ def test_entropy_trivial_depths_and_dimension():
 
 @pytest.mark.parametrize("N", [2, 3, 5, 10])
 def test_jacobi_tridiagonal_block_determinant(N):
-    # THEORY section 4: at the canonical point each pair i<j contributes the (N-1)x(N-1) Jacobi
+    # docs/theory.md section 5: at the canonical point each pair i<j contributes the (N-1)x(N-1) Jacobi
     # block tridiag(-l_i l_j, l_i^2 + l_j^2, -l_i l_j), l = s^{1/N}, whose determinant is K_ij.
     g = make_generator(N)
     for _ in range(5):

@@ -1,4 +1,4 @@
-"""Gradient dynamics against theory (THEORY.md sections 2-3, 6): the parameter flow vs the
+"""Gradient dynamics against theory (docs/theory.md sections 2-4): the parameter flow vs the
 end-to-end Riemannian flow, balancedness conservation orders, aligned modes vs saxe_mode, and the
 shapes of recorded observables."""
 import math

@@ -8,7 +8,6 @@ of log(error) against log(N) and compared with the derived rate 1 (or 2 where th
 """
 import math
 
-import mpmath
 import numpy as np
 import pytest
 import torch
@@ -43,6 +42,8 @@ from dlnsim.geometry import (
 from dlnsim.spectral import dlog_kernel_inf_ds, kernel, kernel_inf, log_kernel_inf, logmean_slope
 
 from conftest import DTYPE, make_generator, matrix_with_spectrum, rel_err
+
+mpmath = pytest.importorskip("mpmath", reason="mpmath is a test dependency: pip install -e '.[dev]'")
 
 
 def _slope(Ns, errs) -> float:

@@ -66,7 +66,7 @@ def _assemble(diag, upper, lower=None):
 
 
 def test_dimensions():
-    # THEORY section 2: dim M = d^2 + (N-1) d(d-1)/2 = N d^2 - #constraints.
+    # docs/theory.md section 2: dim M = d^2 + (N-1) d(d-1)/2 = N d^2 - #constraints.
     for d, N in itertools.product(range(1, 6), range(1, 6)):
         assert manifold_dimension(d, N) == N * d * d - constraint_count(d, N)
     assert manifold_dimension(2, 3) == 6 and constraint_count(2, 3) == 6

@@ -1,5 +1,5 @@
 """Networks (initialisations, forward, end-to-end map), energies, and the hand-written parameter
-gradient against autograd (THEORY.md sections 1-2)."""
+gradient against autograd (docs/theory.md sections 1-2)."""
 import pytest
 import torch
 

@@ -61,7 +61,7 @@ def test_closed_form_drift_equals_autograd_oracle(d, N):
 
 def test_log_rho_counts_diagonal_once_and_offdiagonal_once():
     # det A = prod over ALL (i, j) of K_ij (A acts on d^2 dimensions), so
-    # log rho = S - 1/2 log det A = const - 1/2 sum_{i<=j} log K_ij: THEORY's formula, read as a
+    # log rho = S - 1/2 log det A = const - 1/2 sum_{i<=j} log K_ij: the spec's formula, read as a
     # sum of log K over the pairs i <= j of -1/2 log det A + S. Reading it instead as
     # "S - 1/2 sum_{i<=j} log K" (S kept, each pair once) contradicts the closed form by O(1).
     X, E = _random_problem(3, 7)

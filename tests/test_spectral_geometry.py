@@ -1,11 +1,10 @@
-"""Metric operator A_{N,X}, its powers, the metric g^N and the spectral kernel K (THEORY.md section 3).
+"""Metric operator A_{N,X}, its powers, the metric g^N and the spectral kernel K (docs/theory.md section 3).
 
 References are computed independently of the code's SVD path: fractional powers of X X^T and
 X^T X by torch.linalg.eigh, the geometric sum for K term by term, and mpmath at 50 digits.
 """
 import itertools
 
-import mpmath
 import pytest
 import torch
 
@@ -14,6 +13,8 @@ from dlnsim.network import balanced_weights, end_to_end
 from dlnsim.spectral import dlog_kernel_ds, kernel, log_kernel
 
 from conftest import DTYPE, make_generator, matrix_with_spectrum, rel_err
+
+mpmath = pytest.importorskip("mpmath", reason="mpmath is a test dependency: pip install -e '.[dev]'")
 
 
 def _sym_power(M: torch.Tensor, q: float, rank: int) -> torch.Tensor:

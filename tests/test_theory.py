@@ -1,11 +1,12 @@
-"""Closed-form mode dynamics (Saxe et al.; THEORY.md section 3): saxe_mode and saxe_time against
+"""Closed-form mode dynamics (Saxe et al.; docs/theory.md section 4): saxe_mode and saxe_time against
 a fine RK4 solution of the scalar ODE du/dt = N u^{2(N-1)/N} (lambda - u), against each other,
 and against mpmath quadrature of the time integral."""
-import mpmath
 import pytest
 import torch
 
 from dlnsim import saxe_mode, saxe_time
+
+mpmath = pytest.importorskip("mpmath", reason="mpmath is a test dependency: pip install -e '.[dev]'")
 
 DTYPE = torch.float64
 

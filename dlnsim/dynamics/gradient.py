@@ -5,7 +5,7 @@
                     with method="dopri5" by adaptive Dormand-Prince 5(4) between the points of the
                     h-grid (local error per substep ~ rtol; see `dopri5_advance`).
 - EndToEndFlow:     dX/dt = -A_{N,X}(grad E(X)) [+ beta^{-1} A_{N,X}(grad S(X))] by RK4: the image of
-                    the parameter flow on the balanced manifold (THEORY.md section 3), and with
+                    the parameter flow on the balanced manifold (docs/theory.md section 4), and with
                     `beta` the noise-free free-energy flow -A(grad F), F = E - S/beta (section 5;
                     Chen, Kotwal & Menon 2512.06137).
 Parameter gradients are the hand-written prefix/suffix products of `dlnsim.network`.
@@ -221,7 +221,7 @@ class EndToEndFlow(_FlowIntegrator, Scheme):
     """dX/dt = -c A_{N,X}(grad E(X)) + (c/beta) A_{N,X}(grad S(X)) by RK4 (or method="dopri5", as
     GradientFlow); X (B, d, d) or (B, d_out, d_in).
 
-    time_scale: "none" (c = 1, THEORY's default) or "depth" (c = 1/N, the normalisation of Cohen,
+    time_scale: "none" (c = 1, the default of docs/theory.md) or "depth" (c = 1/N, the normalisation of Cohen,
     Menon & Veraszto, which has a limit as N -> infinity). beta: None for the gradient flow of E;
     a positive number (or (B,) tensor) adds the entropic drift (square full-rank X needed).
     """
@@ -260,7 +260,7 @@ class EndToEndFlow(_FlowIntegrator, Scheme):
 class FreeEnergyFlow(EndToEndFlow):
     """dX/dt = -c A_{N,X}(grad F(X)), F = E - S/beta: EndToEndFlow with its entropic drift (beta required).
 
-    The noise-free free-energy flow (THEORY.md section 5; Chen, Kotwal & Menon 2512.06137); square
+    The noise-free free-energy flow (docs/theory.md section 4; Chen, Kotwal & Menon 2512.06137); square
     full-rank X.
     """
 

@@ -1,6 +1,6 @@
 """Overdamped Langevin dynamics in parameter space: on the balanced manifold M, and off it.
 
-Target: the constrained Langevin equation of THEORY.md section 5(a),
+Target: the constrained Langevin equation of docs/theory.md section 6(a),
 
     dW = -P_W grad L(W) dt + sqrt(2/beta) P_W o dB      (Stratonovich, P_W the projector onto T_W M),
 
@@ -25,7 +25,7 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
   Why 2|v|: the normal correction onto the nearby sheet of M is ~ kappa |v|^2 / 2 (kappa the
   curvature), far below 2|v| for every step that resolves the geometry (|v| kappa < 4); a larger
   correction means Newton found a distant solution of c = 0, which near rank-deficient X can lie
-  arbitrarily far away (THEORY reports |W| ~ 1e56). The cap also bounds every move by |y - x| <= 3|v|.
+  arbitrarily far away (|W| ~ 1e56 was seen; docs/theory.md section 12). The cap also bounds every move by |y - x| <= 3|v|.
 - MetropolisLangevin: the same move as a proposal, accepted with the Metropolis-Hastings rule of
   Zappa, Holmes-Cerfon & Goodman (CPAM 2018) for exp(-beta L) dvol_M. The reverse tangent move is
   v' = P_y (x - y); the ratio of proposal densities is that of the tangent Gaussians,
@@ -38,12 +38,28 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
 - UnprojectedLangevin: plain Euler-Maruyama dW = -grad L dt + sqrt(2/beta) dB in the full parameter
   space: the contrast run, whose balancedness G_p drifts diffusively.
 
+det-sign components (both manifold schemes): a balanced step through rank-deficient X multiplies
+det X by (-1)^N, so at even depth the chains alone never leave the det-sign component they start in.
+Every `reflect_every` steps a Metropolis-accepted reflection W_N -> H W_N (random Householder H;
+dlnsim.dynamics.reflection) is composed with the step: it keeps W balanced, preserves volume, flips
+det X, and leaves exp(-beta L) dvol_M invariant, so the chain samples the law on all of GL_d.
+Default (reflect_every=None): every 10 steps at even depth, where it is needed, and off at odd depth,
+where the chains cross through rank deficiency as the RLE does. The move is a Monte-Carlo move,
+not part of the Langevin equation: it keeps the stationary law but changes the path law (a jump
+X -> H X), so for time-dependent comparisons use keep_component=True (at even depth the path law
+is then the RLE's up to the first passage through rank deficiency), or reflect_every=0. Cost: ~10%
+of a Metropolis step at reflect_every = 10 (the cached frame is recomputed after a move). keep_component=True switches it off and rejects every step that would change
+the sign of det X (counted in component_rejections; at odd depth the chains would otherwise cross
+through rank deficiency): MetropolisLangevin then samples the law restricted to the starting
+component exactly (a proposal restricted to a domain), ProjectedLangevin up to its O(h) bias. Counters: sign_changes (steps on which
+det X changed sign), reflections_accepted.
+
 Per-trajectory counters (state.stats, (B,) float tensors, cumulative since init_state):
 ProjectedLangevin: steps, projection_failures, safeguard_rejections, newton_iterations;
 MetropolisLangevin: proposals, accepted, projection_failures, reverse_failures,
 safeguard_rejections, newton_iterations (forward + reverse). Rates are ratios of counters.
 
-Square widths only for the manifold schemes (M is defined for square width, THEORY section 2).
+Square widths only for the manifold schemes (M is defined for square width, docs/theory.md section 2).
 Notation in the code: W the stacked weights (B, N, d, d), Y the projected point, X = phi(W) the
 end-to-end matrix (as everywhere in dlnsim); the projection solver at W comes from
 dlnsim.manifold.make_projection_solver.
@@ -58,6 +74,7 @@ from ..energies import Energy
 from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_projection_solver
 from ..network import gradient_from_end_to_end, prefix_products
 from .base import Scheme, State, as_beta, check_beta
+from .reflection import det_sign, reflection_move
 
 __all__ = ["ProjectedLangevin", "MetropolisLangevin", "UnprojectedLangevin"]
 
@@ -144,7 +161,8 @@ class _ManifoldLangevin(_LangevinBase):
     # 53/39/42 at 36 (safeguard rejections 5/2/8 -> 24/18/21: Newton then reaches a far root, which the
     # safeguard rejects), for ~40% more time on that case; converged trajectories stop after 3-5
     # updates either way.
-    options = {"tol": None, "max_iter": 36, "method": "newton", "safeguard": 2.0, "solver": "auto"}
+    options = {"tol": None, "max_iter": 36, "method": "newton", "safeguard": 2.0, "solver": "auto",
+               "keep_component": False, "reflect_every": None}
 
     def _tol(self, dtype: torch.dtype) -> float:
         return self.tol if self.tol is not None else newton_tol(dtype)
@@ -164,6 +182,14 @@ class _ManifoldLangevin(_LangevinBase):
         if self.tol is not None and not (isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool)
                                          and 0 < self.tol < float("inf")):
             raise ValueError(f"tol must be a positive finite number (absolute, on max_p ||G_p||_F), got {self.tol!r}")
+        if not isinstance(self.keep_component, bool):
+            raise ValueError(f"keep_component must be true or false (stay in the starting det-sign component), got {self.keep_component!r}")
+        if self.reflect_every is None:  # "auto": where the chains cannot change the sign of det X themselves
+            self.reflect_every = 10 if self.depth % 2 == 0 else 0
+        if isinstance(self.reflect_every, bool) or not (isinstance(self.reflect_every, int) and self.reflect_every >= 0):
+            raise ValueError(
+                f"reflect_every must be a non-negative integer (steps between reflection moves; 0: none), got {self.reflect_every!r}"
+            )
         if self.safeguard is not None and not (isinstance(self.safeguard, (int, float)) and self.safeguard > 0):
             raise ValueError(
                 f"safeguard must be a positive number (the cap on |y - (x+v)| / |v|) or None, got {self.safeguard!r}"
@@ -189,6 +215,20 @@ class _ManifoldLangevin(_LangevinBase):
             )
         return state
 
+    def _component_move(self, state: State, sign0: torch.Tensor, prev: list | None = None) -> State:
+        """After a step: the reflection move every reflect_every steps, or with keep_component a step that
+        changed the sign of det X is undone (prev: the weights before the step); then the count of
+        det-sign changes over the whole step (dlnsim.dynamics.reflection)."""
+        if self.keep_component and prev is not None:
+            left = det_sign(state.weights) != sign0
+            state.weights = [torch.where(left[:, None, None], W0, W) for W0, W in zip(prev, state.weights)]
+            state.stats["component_rejections"] = state.stats["component_rejections"] + left.to(sign0.dtype)
+        elif not self.keep_component and self.reflect_every and state.step % self.reflect_every == 0:
+            state.weights, acc = reflection_move(state.weights, self.energy, self._beta(state.weights[0]), self.generator)
+            state.stats["reflections_accepted"] = state.stats["reflections_accepted"] + acc.to(sign0.dtype)
+        state.stats["sign_changes"] = state.stats["sign_changes"] + (det_sign(state.weights) != sign0).to(sign0.dtype)
+        return state
+
     def _project(self, proj, v: torch.Tensor):
         """Newton projection of x + v (v in the frame's coordinates); Y comes back in original ones."""
         r = proj.newton_in_frame(v, tol=self._tol(v.dtype), max_iter=self.max_iter, method=self.method)
@@ -211,9 +251,11 @@ class ProjectedLangevin(_ManifoldLangevin):
     """
 
     name = "langevin_projected"
-    stat_names = ("steps", "projection_failures", "safeguard_rejections", "newton_iterations")
+    stat_names = ("steps", "projection_failures", "safeguard_rejections", "newton_iterations", "sign_changes", "reflections_accepted",
+                  "component_rejections")
 
     def step(self, state: State) -> State:
+        prev, sign0 = state.weights, det_sign(state.weights)
         W = torch.stack(state.weights, dim=-3)
         h = self.step_size
         proj = make_projection_solver(W, self.solver)
@@ -233,7 +275,7 @@ class ProjectedLangevin(_ManifoldLangevin):
         st["newton_iterations"] = st["newton_iterations"] + r.iterations
         state.t += h
         state.step += 1
-        return state
+        return self._component_move(state, sign0, prev)
 
 
 class MetropolisLangevin(_ManifoldLangevin):
@@ -249,7 +291,8 @@ class MetropolisLangevin(_ManifoldLangevin):
 
     name = "langevin_metropolis"
     options = {**_ManifoldLangevin.options, "reverse_tol": None}  # None: max(1e-7, 100 tol)
-    stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations")
+    stat_names = ("proposals", "accepted", "projection_failures", "reverse_failures", "safeguard_rejections", "newton_iterations",
+                  "sign_changes", "reflections_accepted", "component_rejections")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -267,6 +310,7 @@ class MetropolisLangevin(_ManifoldLangevin):
         return _Point(W, proj, value, proj.project_in_frame(proj.to_frame_coordinates(grad)), state.weights)
 
     def step(self, state: State) -> State:
+        sign0 = det_sign(state.weights)
         W, proj, Lx, Pgx, _ = self._point(state)
         h = self.step_size
         beta = self._beta(W)
@@ -292,6 +336,10 @@ class MetropolisLangevin(_ManifoldLangevin):
         log_ratio = -beta * (Ly - Lx) - beta / (4.0 * h) * (_sq(v_rev + h * Pgy) - _sq(noise))
         u = torch.rand(Lx.shape, generator=self.generator, dtype=W.dtype, device=W.device)
         accept = usable & returned & guard_r & (torch.log(u) < log_ratio)
+        if self.keep_component:  # proposals outside the starting component are rejected: exact for the restricted law
+            left = det_sign(list(Y.unbind(dim=-3))) != sign0
+            state.stats["component_rejections"] = state.stats["component_rejections"] + (accept & left).to(W.dtype)
+            accept = accept & ~left
         a = _per_layer(accept)
         Wn = torch.where(a, Y, W)
         proj_n = proj_y.where(accept, proj)
@@ -307,7 +355,7 @@ class MetropolisLangevin(_ManifoldLangevin):
         st["newton_iterations"] = st["newton_iterations"] + fwd.iterations + torch.where(usable, rev.iterations, 0.0)
         state.t += h
         state.step += 1
-        return state
+        return self._component_move(state, sign0)
 
 
 class _Point(NamedTuple):
@@ -326,7 +374,7 @@ def _per_layer(t: torch.Tensor) -> torch.Tensor:
 class UnprojectedLangevin(_LangevinBase):
     """Euler-Maruyama in the full parameter space: W <- W - h grad L + sqrt(2h/beta) xi.
 
-    The contrast run (THEORY.md section 5): the noise is not projected onto T_W M, so the
+    The contrast run (docs/theory.md section 6): the noise is not projected onto T_W M, so the
     balancedness G_p leaves 0 and drifts diffusively. Any widths.
     """
 

@@ -1,4 +1,4 @@
-"""The Riemannian Langevin equation (RLE) for the end-to-end matrix X (THEORY.md section 5(b)).
+"""The Riemannian Langevin equation (RLE) for the end-to-end matrix X (docs/theory.md section 6(b)).
 
     dX = [ -A(grad E) + beta^{-1} A(grad S) + beta^{-1} (N-1) X (X^T X)^{-1/N} ] dt + sqrt(2/beta) A^{1/2}(dB)
 
@@ -275,7 +275,20 @@ class RiemannianLangevin(Scheme):
     In both, the noise is drawn in the frame (U^T xi V has the law of xi). time_scale: "none"
     (c = 1) or "depth" (c = 1/N: time as in Cohen, Menon & Veraszto). beta: number or (B,) tensor.
     generator: torch.Generator used for all randomness. state.stats["rank_crossings"] (B,) counts
-    the steps on which det X changed sign (the path crossed the rank-deficient set).
+    the steps on which det X changed sign (the path crossed the rank-deficient set);
+    state.stats["sign_changes"] the sign changes actually taken.
+
+    keep_component (default False): keep every trajectory in the det-sign component it starts in. A
+    step whose endpoint has the other sign of det X is replaced by its mirror image across the
+    rank-deficient set in the chart, Y -> Y - 2 x_d u_d v_d^T (the smallest singular direction flipped
+    back; in X the same with s_d): Euler-Maruyama with symmetric reflection at the boundary. Its
+    limit h -> 0 is the RLE reflected at det X = 0, whose stationary law is the Gibbs law restricted
+    to the component (the boundary normal is an eigen-direction of the diffusion matrix, 1/N on the
+    diagonal in the layer chart, so normal and conormal reflection agree); at finite h the restricted
+    law has the scheme's O(h) bias (measured in tests/test_components.py). For orthogonally invariant
+    energies the flip changes nothing but the sign of det X: the singular values follow the
+    unrestricted chain exactly. (Rejecting crossing steps instead, the other simple choice, stalls
+    trajectories at the boundary and is known to converge more slowly in h.)
     """
 
     name = "rle"
@@ -283,8 +296,8 @@ class RiemannianLangevin(Scheme):
     stochastic = True
     needs_beta = True
     square_only = True
-    option_spec = None  # chart, time_scale: checked by the constructor
-    stat_names = ("rank_crossings",)
+    option_spec = None  # chart, time_scale, keep_component: checked by the constructor
+    stat_names = ("rank_crossings", "sign_changes")
 
     def __init__(
         self,
@@ -296,6 +309,7 @@ class RiemannianLangevin(Scheme):
         generator: torch.Generator | None = None,
         time_scale: str = "none",
         chart: str = "layer",
+        keep_component: bool = False,
     ):
         super().__init__(energy, step_size, depth)
         check_depth(depth)
@@ -309,6 +323,9 @@ class RiemannianLangevin(Scheme):
         self.time_scale = time_scale
         self.scale = 1.0 if time_scale == "none" else 1.0 / self.depth
         self.chart = chart
+        if not isinstance(keep_component, bool):
+            raise ValueError(f"keep_component must be True or False, got {keep_component!r}")
+        self.keep_component = keep_component
         self._carried: tuple[torch.Tensor, int, SVDFactors] | None = None
 
     @property
@@ -354,12 +371,18 @@ class RiemannianLangevin(Scheme):
             Uf, x_new, Vfh = small_svd.svd(new)
             s_new = x_new**self.depth
         crossed = small_svd.det(new) < 0
+        if self.keep_component:
+            # mirror image across the rank-deficient set: flip the smallest singular direction back
+            flip = torch.ones_like(s_new)
+            flip[..., -1] = torch.where(crossed, -1.0, 1.0)
+            Uf = Uf * flip.unsqueeze(-2)
         U = frame.U @ Uf
         V = frame.V @ Vfh.mT
         X_new = (U * s_new.unsqueeze(-2)) @ V.mT
         self._carried = (X_new, X_new._version, SVDFactors(U, s_new, V, self.depth, log_kernel(s_new, self.depth)))
         state.X = X_new
         state.stats["rank_crossings"] = state.stats["rank_crossings"] + crossed.to(X.dtype)
+        state.stats["sign_changes"] = state.stats["sign_changes"] + (crossed & (not self.keep_component)).to(X.dtype)
         state.t += self.step_size
         state.step += 1
         return state

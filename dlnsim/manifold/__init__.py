@@ -1,7 +1,7 @@
 """The balanced manifold of a square deep linear network: constraints, tangent projector, Newton projection.
 
     M = { W = (W_1, ..., W_N) of full rank : G_p(W) = W_{p+1}^T W_{p+1} - W_p W_p^T = 0, p = 1..N-1 },
-    dim M = d^2 + (N-1) d(d-1)/2                                  (THEORY.md sections 2 and 5(a)).
+    dim M = d^2 + (N-1) d(d-1)/2                                  (docs/theory.md sections 2 and 6(a)).
 
 Modules, along the concepts (lowest first; each imports only the ones above it):
 - `constraint_map`: the constraint map c(W) in R^m, m = (N-1) d(d+1)/2, its Jacobian J and adjoint

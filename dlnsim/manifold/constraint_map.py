@@ -1,7 +1,7 @@
 """The constraint map of the balanced manifold and its coordinates.
 
     M = { W = (W_1, ..., W_N) of full rank : G_p(W) = W_{p+1}^T W_{p+1} - W_p W_p^T = 0, p = 1..N-1 },
-    dim M = d^2 + (N-1) d(d-1)/2                                  (THEORY.md sections 2 and 5(a)),
+    dim M = d^2 + (N-1) d(d-1)/2                                  (docs/theory.md sections 2 and 6(a)),
 
 seen as the zero set of the constraint map c(W) = (upper-triangular entries i <= j of G_p)_{p=1..N-1}
 in R^m, m = (N-1) d(d+1)/2 (p-major, then row-major i <= j, the order of torch.triu_indices).

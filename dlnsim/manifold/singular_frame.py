@@ -44,7 +44,7 @@ def _dst(depth: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Te
 class SingularFrameSolver:
     """The constraint map of M around x, in the singular frames of x (the fast path, O(N d^3)).
 
-    At a balanced point W_p = Q_p diag(l) Q_{p-1}^T (l = s^{1/N}, Q_0 = V, Q_N = U; THEORY section 2).
+    At a balanced point W_p = Q_p diag(l) Q_{p-1}^T (l = s^{1/N}, Q_0 = V, Q_N = U; docs/theory.md section 2).
     Frames: Q_0, l^2 from one eigh of W_1^T W_1, then Q_p = W_p Q_{p-1} diag(1/l) (exact on M), made
     orthogonal to roundoff by one Newton-Schulz step Q <- Q (3 I - Q^T Q) / 2. Frame coordinates
     Vt_p = Q_p^T V_p Q_{p-1} (parameters) and Lt_p = Q_p^T L_p Q_p (constraints, symmetric) are

@@ -57,7 +57,8 @@ def band(ax, t, Y, color, label=None, lines_below: int = 4, **kw):
         Yf = np.where(ok, Y, np.nan)
         med = np.nanmedian(Yf, axis=1)
         lo, hi = np.nanquantile(Yf, QUANTILES, axis=1)
-    ax.plot(t, med, color=color, label=label, **kw)
+    # The legend says what the line and the shading are (median; 10-90% quantiles over the trajectories).
+    ax.plot(t, med, color=color, label=None if label is None else f"{label} (median, 10-90% band)", **kw)
     ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0)
 
 

@@ -8,12 +8,16 @@ apply when the run was made) and from run_theory (the Gibbs law), never decided 
 - singular_values: s_i(t) with the Saxe closed form or the end-to-end reference flow;
 - loss; balancedness: max_p ||G_p(t) - G_p(0)||_F (log scale); entropy: S_formula(X) against
   S_measured(W); thermodynamics: S, E and F = E - S/beta over time;
-- stationary: for runs in the Gibbs setting, histograms of s_max and s_min against the Gibbs law.
+- stationary: for runs that sample the Gibbs law (any energy), histograms of s_max and s_min against the
+  Gibbs reference of dlnsim.reference for the energy the run used (quadrature line, or MCMC histogram
+  with its +-2 s.e. band), P(det X > 0), and "no reference: <why>" where none can be computed; the
+  z-scores of the headline moments go to figures/stationary.csv.
 Ensembles are drawn as the median and a 10-90% quantile band (individual lines when B <= 4); runs
 with a list of betas are drawn one colour per beta.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, NamedTuple
 
 import matplotlib.pyplot as plt
@@ -21,10 +25,13 @@ import numpy as np
 import torch
 
 from .. import results as R
-from ..run_theory import gibbs_law, gibbs_setting
+from .. import _io
+from ..energies import ENERGIES
+from ..entropy import entropy_from_singular_values
+from ..run_theory import energy_title, gibbs_reference, gibbs_setting, stationary_rows
 from .common import COLORS, STYLE, band, finish_time_plot, beta_groups, positive_or_nan, save_figure, run_title
 
-__all__ = ["RUN_FIGURES", "RunFigure", "plot_run", "hist_panels"]
+__all__ = ["RUN_FIGURES", "RunFigure", "plot_run", "hist_panels", "stationary_means", "write_stationary_csv"]
 
 
 def _fig_singular_values(cfg, a, ax=None):
@@ -33,10 +40,16 @@ def _fig_singular_values(cfg, a, ax=None):
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
     t, S = a["t"], a["singular_values"]
     groups = beta_groups(a)
+    r = S.shape[2]
+    many = len(groups) == 1 and r > 8  # beyond 8 colours repeat: a colour map and a colour bar instead
+    cmap = plt.get_cmap("viridis")
     for gi, (glabel, idx) in enumerate(groups):
-        for i in range(S.shape[2]):
-            color = COLORS[(i if len(groups) == 1 else gi) % len(COLORS)]
-            lab = (rf"$s_{i + 1}$ simulation" if len(groups) == 1 else (glabel if i == 0 else None))
+        for i in range(r):
+            color = cmap(i / max(r - 1, 1)) if many else COLORS[(i if len(groups) == 1 else gi) % len(COLORS)]
+            if many:
+                lab = "simulation" if i == 0 else None
+            else:
+                lab = (rf"$s_{{{i + 1}}}$ simulation" if len(groups) == 1 else (glabel if i == 0 else None))
             band(ax, t, S[:, idx, i], color, lab)
             if "reference_singular_values" in a and "saxe_singular_values" not in a:
                 ref = np.median(a["reference_singular_values"][:, idx, i], axis=1)
@@ -47,6 +60,9 @@ def _fig_singular_values(cfg, a, ax=None):
                     label="Saxe closed form" if i == 0 else None)
     ax.set_xlabel("time $t$")
     ax.set_ylabel("singular values $s_i(X)$")
+    if many:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, r))
+        ax.figure.colorbar(sm, ax=ax, label="index $i$ of $s_i$ (1 = largest)")
     ax.legend()
     if own:
         ax.set_title(run_title(cfg))
@@ -83,19 +99,41 @@ def _fig_entropy(cfg, a):
     return finish_time_plot(fig, ax, cfg, "entropy $S$ (log-volume of the orbit)")
 
 
+def stationary_means(cfg, beta):
+    """Gibbs-reference means of E, S and F = E - S/beta for the run's energy, or None (dict by array name)."""
+    ref, _ = gibbs_reference(cfg, beta)
+    if ref is None:
+        return None
+    energy = ENERGIES[cfg["energy"]["type"]].from_config(cfg["energy"], cfg["network"]["widths"])
+    N = cfg["network"]["depth"]
+    E = float(ref.expect(lambda X: energy.value(X)))
+    S = float(ref.expect_spectral(lambda s: entropy_from_singular_values(s, N)))
+    return {"loss": E, "entropy_formula": S, "free_energy": E - S / beta}
+
+
 def _fig_thermo(cfg, a):
     keys = [("loss", "energy $E$"), ("entropy_formula", "entropy $S$")]
     if "free_energy" in a:
         keys.append(("free_energy", r"free energy $F = E - S/\beta$"))
     fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), squeeze=False)
+    betas = np.atleast_1d(a["beta"]) if "beta" in a else None
+    drawn_ref = False
     for ax, (k, lab) in zip(axes[0], keys):
         for gi, (glabel, idx) in enumerate(beta_groups(a)):
-            band(ax, a["t"], a[k][:, idx], COLORS[gi % len(COLORS)], glabel or None)
+            c = COLORS[gi % len(COLORS)]
+            band(ax, a["t"], a[k][:, idx], c, glabel or "simulation")
+            if gibbs_setting(cfg) and betas is not None:
+                # the stationary value the run should relax to: the mean under the Gibbs reference
+                m = stationary_means(cfg, float(betas[idx[0]]))
+                if m is not None:
+                    ax.axhline(m[k], color=c, ls="--", lw=0.9,
+                               label="Gibbs-law mean (reference)" if (gi == 0 and not drawn_ref) else None)
+                    drawn_ref = True
         ax.set_xlabel("time $t$")
         ax.set_ylabel(lab)
-    if len(beta_groups(a)) > 1:
-        axes[0][0].legend()
-    fig.suptitle(run_title(cfg), fontsize=9)
+    if len(beta_groups(a)) > 1 or drawn_ref or a["loss"].shape[1] > 4:
+        axes[0][0].legend(fontsize=6.5)
+    fig.suptitle(f"{energy_title(cfg)}; " + run_title(cfg), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -108,8 +146,32 @@ def _pooled(a, idx, frac: float = 0.5):
     return out[np.all(np.isfinite(out), axis=1)]
 
 
+def _reference_panel(ax, cfg, beta, which, hi, N, style="-", many_betas=False):
+    """The Gibbs reference for the run's energy on one histogram panel, or the reason there is none."""
+    ref, why = gibbs_reference(cfg, beta)
+    tag = rf" $\beta={beta:g}$" if many_betas else ""
+    if ref is None:
+        ax.text(0.5, 0.5, why.replace(": ", ":\n", 1), transform=ax.transAxes, ha="center", va="center", fontsize=7,
+                color="0.3", wrap=True)
+        return
+    x = np.linspace(1e-6, hi * 1.05 + 1e-9, 80)  # a smooth curve; each point is a slice quadrature
+    pdf = ref.pdf_layer(which, torch.tensor(x))
+    if pdf is not None:
+        ax.plot(x, pdf.numpy(), color="k", ls=style, lw=1.1,
+                label=r"Gibbs law $e^{-\beta E + S}\,d\mathrm{vol}_g$ (quadrature)" + tag)
+        return
+    edges = np.linspace(0, hi * 1.05 + 1e-9, 31)
+    k = 0 if which == "max" else -1
+    dens, se = ref.histogram(lambda X: torch.linalg.svdvals(X)[:, k] ** (1.0 / N), torch.tensor(edges))
+    dens, se = dens.numpy(), se.numpy()
+    ax.stairs(dens, edges, color="k", ls=style, lw=1.0,
+              label=r"Gibbs law $e^{-\beta E + S}\,d\mathrm{vol}_g$ (MCMC; band $\pm 2$ s.e.)" + tag)
+    ax.fill_between(edges[:-1], dens - 2 * se, dens + 2 * se, step="post", color="k", alpha=0.15, lw=0)
+
+
 def hist_panels(axes, runs, cfg_theory, betas):
-    """Histograms of s_max (and s_min) for runs [(label, cfg, arrays, idx)] against the Gibbs law(s).
+    """Histograms of s_max (and s_min) for runs [(label, cfg, arrays, idx)] against the Gibbs reference(s)
+    of the energy cfg_theory's runs used (dlnsim.run_theory.gibbs_reference), one per beta.
 
     Drawn in the layer variable u = s^{1/N} (the singular values of each W_p on the balanced
     manifold): the density of s has an integrable s^{-(N-1)/N} singularity at 0 that dwarfs the
@@ -123,32 +185,39 @@ def hist_panels(axes, runs, cfg_theory, betas):
             hi = max(hi, np.quantile(u, 0.999)) if u.size else hi
             ax.hist(u, bins=40, density=True, histtype="step",
                     color=COLORS[k % len(COLORS)], lw=1.2, label=f"{label} ({u.size} samples)")
-        x = np.linspace(1e-6, hi * 1.05 + 1e-9, 300)
         for bi, beta in enumerate(betas):
-            law = gibbs_law(cfg_theory, beta)
-            pdf_s = (law.pdf_max if which == "max" else law.pdf_min)(torch.tensor(x**N)).numpy()
-            ax.plot(x, pdf_s * N * x ** (N - 1), color="k", ls="-" if bi == 0 else ":", lw=1.1,
-                    label=r"Gibbs law $e^{-\beta E + S}\,d\mathrm{vol}_g$" + (rf" $\beta={beta:g}$" if len(betas) > 1 else ""))
+            _reference_panel(ax, cfg_theory, float(beta), which, hi, N, "-" if bi == 0 else ":", len(betas) > 1)
         sym = rf"s_{{\{which}}}" if d > 1 else "s"
         ax.set_xlabel(rf"${sym}^{{1/N}}$ (N = {N})")
         ax.set_ylabel("density")
-        ax.legend()
+        ax.legend(loc="upper right", fontsize=6.5)
         if d == 1:
             break
+
+
+def _det_text(rows) -> str:
+    r = [x for x in rows if x.get("observable") == "P(det X > 0)"]
+    return "\n".join(rf"$P(\det X>0)$: {x['simulation']:.3f} $\pm$ {x['stderr']:.3f}, reference {x['reference']:.3f} (z = {x['z']:+.1f})"
+                     for x in r)
 
 
 def _fig_stationary(cfg, a):
     d = cfg["network"]["widths"][0]
     groups = beta_groups(a)
-    fig, axes = plt.subplots(len(groups), 1 if d == 1 else 2, figsize=(3.4 * (1 if d == 1 else 2), 3.0 * len(groups)),
+    fig, axes = plt.subplots(len(groups), 1 if d == 1 else 2, figsize=(3.8 * (1 if d == 1 else 2), 3.2 * len(groups)),
                              squeeze=False)
-    betas = np.atleast_1d(a["beta"])
+    betas = np.atleast_1d(a["beta"]) if "beta" in a else np.full(a["loss"].shape[1], cfg["dynamics"]["beta"])
+    rows = stationary_rows(cfg, a)
     for gi, (glabel, idx) in enumerate(groups):
-        hist_panels(axes[gi], [(f"{cfg['dynamics']['scheme']} {glabel}", cfg, a, idx)], cfg, [float(betas[idx[0]])])
-    fig.suptitle(run_title(cfg) + "\nstationary law of the singular values (last half of the run)", fontsize=9)
+        b = float(betas[idx[0]])
+        hist_panels(axes[gi], [(f"{cfg['dynamics']['scheme']} {glabel}", cfg, a, idx)], cfg, [b])
+        txt = _det_text([r for r in rows if r["beta"] == b])
+        if txt:
+            axes[gi][0].text(0.02, 0.98, txt, transform=axes[gi][0].transAxes, va="top", fontsize=6.5)
+    fig.suptitle(f"{energy_title(cfg)}; " + run_title(cfg)
+                 + "\nstationary law of the singular values (last half of the run) against the Gibbs law", fontsize=8)
     fig.tight_layout()
     return fig
-
 
 
 class RunFigure(NamedTuple):
@@ -178,7 +247,24 @@ def plot_run(run_dir: str, formats=("png", "pdf")) -> list[str]:
         for name, fig in RUN_FIGURES.items():
             if fig.applies(cfg, a):
                 out += save_figure(with_warnings(fig.draw(cfg, a), warnings), run_dir, name, formats)
+        if RUN_FIGURES["stationary"].applies(cfg, a):
+            out.append(write_stationary_csv(os.path.join(run_dir, R.FIGURES, "stationary.csv"), stationary_rows(cfg, a)))
         return out
+
+
+STATIONARY_COLUMNS = ("beta", "observable", "simulation", "stderr", "reference", "reference_stderr", "z",
+                      "reference_method", "reason")
+
+
+def write_stationary_csv(path: str, rows: list[dict]) -> str:
+    """figures/stationary.csv: the headline moments of a run against its Gibbs reference, with z-scores."""
+    lines = [",".join(STATIONARY_COLUMNS)]
+    for r in rows:
+        lines.append(",".join('"' + str(r.get(k, "")).replace('"', "'") + '"' if k == "reason" else str(r.get(k, ""))
+                              for k in STATIONARY_COLUMNS))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _io.atomic_write(path, "\n".join(lines) + "\n")
+    return path
 
 
 def with_warnings(fig, warnings: list[str]):

@@ -21,8 +21,9 @@ from ..energies import target_matrix
 from ..entropy import entropy_from_singular_values
 from ..geometry import SVDFactors
 from .common import COLORS, STYLE, band, positive_or_nan, save_figure
+from ..run_theory import energy_title, saxe_setting
 from .depth_balancing import fig_balancing, fig_infinite_depth
-from .run_figures import hist_panels
+from .run_figures import hist_panels, stationary_means
 
 __all__ = ["STUDY_FIGURES", "plot_study"]
 
@@ -36,40 +37,55 @@ def _variants(study_dir):
     return out
 
 
+def _describe(cfg) -> str:
+    """Scheme, start and energy of one run, for panel titles."""
+    net, dyn = cfg["network"], cfg["dynamics"]
+    start = net["init"] + (" aligned with $\\Phi$" if net["init"] == "balanced" and net.get("target") == "aligned" else "")
+    return f"{dyn['scheme']}, h = {dyn['step_size']:g}\n{start} start"
+
+
 def _fig_saxe_modes(vs):
+    """One column per variant: singular values (median and 10-90% band over the ensemble, or every
+    trajectory for B <= 4) with the Saxe closed form where it applies (run_theory.saxe_setting), the
+    entropy below. Titles name each variant's scheme and start; the suptitle says what all share."""
     n = len(vs)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 4.6), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, n, figsize=(3.0 * n, 5.2), squeeze=False, sharex="col")
     for j, (label, cfg, a) in enumerate(vs):
         t, N = a["t"], cfg["network"]["depth"]
         ax = axes[0][j]
-        sub = max(1, len(t) // 30)
         S = a["singular_values"]
+        closed = "saxe_singular_values" in a and saxe_setting(cfg)
         for i in range(S.shape[2]):
             c = COLORS[i % len(COLORS)]
-            ax.plot(t[::sub], np.median(S[::sub, :, i], axis=1), "o", color=c, ms=3, mfc="none",
-                    label="simulation" if i == 0 else None)
-            if "saxe_singular_values" in a:
-                ax.plot(t, a["saxe_singular_values"][:, i], color=c, lw=1.2, label="Saxe closed form" if i == 0 else None)
-        ax.set_title(f"depth N = {N}")
+            band(ax, t, S[:, :, i], c, "simulation" if i == 0 else None)
+            if closed:
+                ax.plot(t, a["saxe_singular_values"][:, i], color="k", ls="--", lw=0.9,
+                        label="Saxe closed form" if i == 0 else None)
+        if not closed:
+            ax.text(0.5, 0.5, "no closed form applies\n(needs gradient flow from a balanced\nstart aligned with $\\Phi$)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=6.5, color="0.3")
+        ax.set_title(f"{label}: N = {N}\n{_describe(cfg)}", fontsize=7)
         if N == 1:
             axes[1][j].text(0.5, 0.6, "N = 1: the orbit is a point, S = 0", transform=axes[1][j].transAxes,
                             ha="center", fontsize=7.5)
         if j == 0:
             ax.set_ylabel("singular values $s_i(X(t))$")
-            ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=6)
         ax = axes[1][j]
-        ax.plot(t, np.median(a["entropy_formula"], axis=1), color="C3", label=r"$S_{formula}(X)$")
+        band(ax, t, a["entropy_formula"], "C3", r"$S_{formula}(X)$")
         if "entropy_measured" in a:
+            sub = max(1, len(t) // 30)
             ax.plot(t[::sub], np.median(a["entropy_measured"][::sub], axis=1), "s", color="k", ms=3, mfc="none",
-                    label=r"$S_{measured}(W)$")
+                    label=r"$S_{measured}(W)$ (median)")
         ax.set_xlabel("time $t$")
         if j == 0:
             ax.set_ylabel("entropy $S$")
-            ax.legend(loc="best")
+        ax.legend(loc="best", fontsize=6)
     cfg0 = vs[0][1]
-    fig.suptitle(
-        r"Gradient flow of $E=\frac{1}{2}\|X-\Phi\|^2$ from a balanced start aligned with $\Phi$"
-        f" (d = {cfg0['network']['widths'][0]}, RK4 h = {cfg0['dynamics']['step_size']:g})", fontsize=9)
+    same = all(saxe_setting(c) for _, c, _ in vs)
+    what = ("gradient flow from a balanced start aligned with $\\Phi$" if same
+            else "variants as titled (the closed form is drawn only where it applies)")
+    fig.suptitle(f"{energy_title(cfg0)}, d = {cfg0['network']['widths'][0]}: {what}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -151,10 +167,12 @@ def _fig_stationary_study(vs):
     fig, axes = plt.subplots(1, 1 if d == 1 else 2, figsize=(4.0 * (1 if d == 1 else 2), 3.4), squeeze=False)
     runs = [(lb, c, a, np.arange(a["loss"].shape[1])) for lb, c, a in vs]
     beta = cfg0["dynamics"]["beta"]
-    hist_panels(axes[0], runs, cfg0, [beta[0] if isinstance(beta, list) else beta])
+    b0 = beta[0] if isinstance(beta, list) else beta
+    hist_panels(axes[0], runs, cfg0, [b0])
+    schemes = ", ".join(f"{lb} = {c['dynamics']['scheme']} (h = {c['dynamics']['step_size']:g})" for lb, c, _ in vs)
     fig.suptitle(
-        rf"Stationary singular values, $E=\frac{{\alpha}}{{2}}\|X\|^2$, N = {cfg0['network']['depth']}, d = {d}, "
-        rf"$\beta$ = {beta}, $\alpha$ = {cfg0['energy']['alpha']:g}", fontsize=9)
+        f"Stationary singular values, {energy_title(cfg0)}, N = {cfg0['network']['depth']}, d = {d}, "
+        rf"$\beta$ = {b0:g}" + "\n" + schemes, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -185,7 +203,19 @@ def _fig_free_energy(vs):
                 ax.set_ylabel(ylab)
         n_stoch += not flow
 
+    # Known stationary values: the means of E, S, F under the Gibbs reference of the run's energy.
+    stoch = next((c for _, c, _ in vs if c["dynamics"]["scheme"] != "free_energy_flow"), None)
+    ref_drawn = False
+    for b in betas:
+        m = stationary_means(stoch, b) if stoch is not None else None
+        if m is None:
+            continue
+        ref_drawn = True
+        for ax, (k, _) in zip(axes, keys):
+            ax.axhline(m[k], color=cmap[b], ls="-.", lw=0.8)
     handles = [Line2D([], [], color=cmap[b], lw=2, label=rf"$\beta = {b:g}$") for b in betas]
+    if ref_drawn:
+        handles.append(Line2D([], [], color="0.3", ls="-.", lw=0.8, label="stationary mean (Gibbs reference)"))
     handles += [Line2D([], [], color="0.3", ls=st, label=f"{lb} ({sch})") for lb, st, sch in styles]
     axes[2].legend(handles=handles, fontsize=6.5, loc="best")
     fig.suptitle("Free energy along Langevin runs (median; 10-90% band for the first) and the noise-free "

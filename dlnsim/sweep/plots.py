@@ -1,11 +1,13 @@
 """Summary figures of a sweep folder: simulation against theory across the sweep's axes.
 
-- gibbs.png: for Langevin / RLE runs of E = alpha/2 ||X||^2 (d <= 3), stationary E||X||^2 and mean
-  entropy S(X) against beta, one line per other axis value, with the Gibbs law
-  exp(-beta E + S) dvol_g (`dlnsim.gibbs.SingularValueLaw`) and +-2 standard errors over trajectories;
+- gibbs.png: for runs that sample the Gibbs law exp(-beta E + S) dvol_g (Langevin on M, the RLE), for
+  any energy, stationary E||X||^2 and mean entropy S(X) against beta, one line per other axis value,
+  with the Gibbs reference of the energy used (`dlnsim.run_theory.gibbs_reference`; a curve over beta
+  from `SingularValueLaw` for E = alpha/2 ||X||^2, d <= 3) and +-2 standard errors over trajectories;
 - saxe.png: for aligned matrix-regression gradient runs swept over depth, the time to learn each
   mode against depth with the closed form (`dlnsim.theory.saxe_time`);
-- overview.png: the final loss across the axes, for every sweep.
+- overview.png: the final loss across the axes, for every sweep, one line per batched beta (runs with
+  batch_axes hold several betas), floored at the roundoff level.
 Numbers behind the figures are written next to them as CSV.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..plotting import COLORS, STYLE  # noqa: E402
 from ..theory import saxe_time  # noqa: E402
 from ..energies import target_matrix  # noqa: E402
 from ..lifecycle import FINAL  # noqa: E402
-from ..run_theory import gibbs_law, gibbs_setting, initial_spectrum, saxe_setting  # noqa: E402
+from ..run_theory import energy_title, gibbs_reference, gibbs_setting, initial_spectrum, saxe_setting  # noqa: E402
 from .points import read_manifest  # noqa: E402
 from .spec import AXIS_SYMBOLS, FIGURES, SWEEP_FILE, load_sweep, short_names  # noqa: E402
 
@@ -73,14 +75,13 @@ def _load_points(sweep_dir: str):
 
 def _gibbs_summary(points, axis_keys: list[str]):
     """Per (point, beta): stationary E||X||^2 and E S (last half of the run; standard errors from
-    the spread of per-trajectory time averages, trajectories being independent) and the theory."""
-
-
+    the spread of per-trajectory time averages, trajectories being independent) against the Gibbs
+    reference of the energy the run used (its own Monte-Carlo error added to the z-score)."""
     rows = []
     for row, cfg, a in points:
         if not gibbs_setting(cfg) or "singular_values" not in a or len(a["t"]) < 4:
             continue
-        N, d, alpha = cfg["network"]["depth"], cfg["network"]["widths"][0], cfg["energy"]["alpha"]
+        N, d = cfg["network"]["depth"], cfg["network"]["widths"][0]
         S = a["singular_values"]
         start = len(a["t"]) // 2
         betas = np.atleast_1d(a["beta"]) if "beta" in a else np.full(S.shape[1], float(cfg["dynamics"]["beta"]))
@@ -90,14 +91,22 @@ def _gibbs_summary(points, axis_keys: list[str]):
             idx = betas == beta
             m_x2, se_x2, n = _finite_mean_se(x2[idx])
             m_s, se_s, _ = _finite_mean_se(ent[idx])
-            law = gibbs_law(cfg, beta)
-            th_x2 = float(law.moment(lambda s: (s * s).sum(-1)))
-            th_s = float(law.moment(lambda s: entropy_from_singular_values(s, N)))
+            ref, why = gibbs_reference(cfg, float(beta))
+            if ref is not None:
+                th_x2, tse_x2 = (float(v[0]) for v in ref.headline())
+                th_s = float(ref.expect_spectral(lambda s: entropy_from_singular_values(s, N)))
+                tse_s = float(ref.stderr(lambda X: entropy_from_singular_values(torch.linalg.svdvals(X), N))) \
+                    if ref.method == "mcmc" else 0.0
+            else:
+                th_x2 = tse_x2 = th_s = tse_s = float("nan")
+            z = lambda m, se, th, tse: (m - th) / math.sqrt(se**2 + tse**2) if se > 0 else float("nan")  # noqa: E731
             rows.append({"run": row["run"], **{k: row[k] for k in axis_keys}, "beta": float(beta), "depth": N, "d": d,
-                         "alpha": alpha, "n_traj": n, "sq_norm_sim": m_x2, "sq_norm_se": se_x2, "sq_norm_theory": th_x2,
-                         "sq_norm_z": (m_x2 - th_x2) / se_x2 if se_x2 > 0 else float("nan"),
-                         "entropy_sim": m_s, "entropy_se": se_s, "entropy_theory": th_s,
-                         "entropy_z": (m_s - th_s) / se_s if se_s > 0 else float("nan")})
+                         "energy": cfg["energy"]["type"], "alpha": cfg["energy"].get("alpha"), "n_traj": n,
+                         "sq_norm_sim": m_x2, "sq_norm_se": se_x2, "sq_norm_theory": th_x2, "sq_norm_theory_se": tse_x2,
+                         "sq_norm_z": z(m_x2, se_x2, th_x2, tse_x2),
+                         "entropy_sim": m_s, "entropy_se": se_s, "entropy_theory": th_s, "entropy_theory_se": tse_s,
+                         "entropy_z": z(m_s, se_s, th_s, tse_s), "reference": ref.method if ref is not None else why,
+                         "_cfg": cfg})
     return rows
 
 
@@ -106,22 +115,30 @@ def _fig_gibbs(rows, group_keys: list[str], short: dict):
 
     groups: dict = {}
     for r in rows:
-        groups.setdefault(tuple(r[k] for k in group_keys) + (r["depth"], r["d"], r["alpha"]), []).append(r)
+        groups.setdefault(tuple(r[k] for k in group_keys) + (r["depth"], r["d"], r["energy"], r["alpha"]), []).append(r)
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0))
-    for gi, (key, rs) in enumerate(sorted(groups.items(), key=lambda kv: kv[0])):
+    for gi, (key, rs) in enumerate(sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))):
         rs = sorted(rs, key=lambda r: r["beta"])
         color = COLORS[gi % len(COLORS)]
-        N, d, alpha = key[-3:]
+        N, d, energy, alpha = key[-4:]
         label = _legend(group_keys, key, short) or f"N={N}"
         b = np.array([r["beta"] for r in rs])
-        grid = np.geomspace(b.min(), b.max(), 25) if b.max() > b.min() else b
-        laws = [SingularValueLaw(N, float(x), float(alpha), d) for x in grid]
-        th_x2 = [float(law.moment(lambda s: (s * s).sum(-1))) for law in laws]
-        th_s = [float(law.moment(lambda s: entropy_from_singular_values(s, N))) for law in laws]
-        for ax, sim, se, th in ((axes[0], "sq_norm_sim", "sq_norm_se", th_x2), (axes[1], "entropy_sim", "entropy_se", th_s)):
+        for ax, sim, se in ((axes[0], "sq_norm_sim", "sq_norm_se"), (axes[1], "entropy_sim", "entropy_se")):
             ax.errorbar(b, [r[sim] for r in rs], yerr=[2 * r[se] for r in rs], fmt="o", ms=3.5, color=color,
                         capsize=2, label=f"{label} simulation" if ax is axes[0] else None)
-            ax.plot(grid, th, color=color, lw=1.1, ls="--", label=f"{label} Gibbs law" if ax is axes[0] else None)
+        if energy == "weight_decay" and d <= 3:
+            # a curve over beta: SingularValueLaw is cheap (the same law as the reference, by 2-D quadrature)
+            grid = np.geomspace(b.min(), b.max(), 25) if b.max() > b.min() else b
+            laws = [SingularValueLaw(N, float(x), float(alpha), d) for x in grid]
+            th_x2 = [float(law.moment(lambda s: (s * s).sum(-1))) for law in laws]
+            th_s = [float(law.moment(lambda s: entropy_from_singular_values(s, N))) for law in laws]
+            for ax, th in ((axes[0], th_x2), (axes[1], th_s)):
+                ax.plot(grid, th, color=color, lw=1.1, ls="--", label=f"{label} Gibbs law" if ax is axes[0] else None)
+        else:
+            # the reference at the simulated betas, with its +-2 s.e. (zero for quadrature)
+            for ax, th, tse in ((axes[0], "sq_norm_theory", "sq_norm_theory_se"), (axes[1], "entropy_theory", "entropy_theory_se")):
+                ax.errorbar(b, [r[th] for r in rs], yerr=[2 * r[tse] for r in rs], fmt="x", ms=5, color=color,
+                            capsize=2, label=f"{label} Gibbs reference" if ax is axes[0] else None)
     betas = sorted({r["beta"] for r in rows})
     for ax, ylab in ((axes[0], r"stationary $\mathbb{E}\,\|X\|_F^2$"), (axes[1], r"stationary $\mathbb{E}\,S(X)$")):
         ax.set_xscale("log")
@@ -132,8 +149,10 @@ def _fig_gibbs(rows, group_keys: list[str], short: dict):
     _plain_ticks(axes[0])
     _plain_ticks(axes[1], "x")
     axes[0].legend()
-    fig.suptitle(r"Gibbs law $e^{-\beta E(X) + S(X)}\,d\mathrm{vol}_{g^N}$, $E = \frac{\alpha}{2}\|X\|_F^2$: "
-                 "simulation (mean $\\pm$ 2 s.e.) vs quadrature", fontsize=9)
+    energies = sorted({energy_title(r["_cfg"]) for r in rows})
+    schemes = sorted({r["_cfg"]["dynamics"]["scheme"] for r in rows})
+    fig.suptitle(r"Gibbs law $e^{-\beta E(X) + S(X)}\,d\mathrm{vol}_{g^N}$, " + "; ".join(energies)
+                 + f" ({', '.join(schemes)}): simulation (mean $\\pm$ 2 s.e.) vs reference", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -205,9 +224,12 @@ def _fig_saxe(rows, group_keys: list[str], short: dict):
     return fig
 
 
-def _fig_overview(points, axis_keys: list[str], short: dict):
-    """Final ensemble-mean loss against the first numeric axis, one line per other combination."""
+LOSS_FLOOR = 1e-15  # final losses below this are roundoff: drawn at the floor, marked
 
+
+def _fig_overview(points, axis_keys: list[str], short: dict):
+    """Final ensemble-mean loss against the first numeric axis, one line per other combination and per
+    batched beta (a point that runs several betas side by side is split by beta, never averaged)."""
 
     def num(v):
         try:
@@ -215,25 +237,40 @@ def _fig_overview(points, axis_keys: list[str], short: dict):
         except (TypeError, ValueError):
             return None
 
-    xkey = next((k for k in axis_keys if all(num(r[k]) is not None for r, _, _ in points)), None)
-    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    xkey = next((k for k in axis_keys if k != "dynamics.beta" and all(num(r[k]) is not None for r, _, _ in points)), None)
+    xkey = xkey or next((k for k in axis_keys if all(num(r[k]) is not None for r, _, _ in points)), None)
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
     others = [k for k in axis_keys if k != xkey]
     groups: dict = {}
+    split = False
     for r, cfg, a in points:
         loss = np.asarray(a["loss"][-1], dtype=float)
-        groups.setdefault(tuple(r[k] for k in others), []).append(
-            (num(r[xkey]) if xkey else int(r["index"]), float(np.nanmean(loss)) if loss.size else np.nan))
+        betas = np.atleast_1d(a["beta"]) if "beta" in a else None
+        parts = [("", np.arange(loss.size))]
+        if betas is not None and betas.size == loss.size and len(np.unique(betas)) > 1:
+            parts = [(f"$\\beta$={b:g}", np.flatnonzero(betas == b)) for b in np.unique(betas)]
+            split = True
+        for tag, idx in parts:
+            key = tuple(_legend([k], [r[k]], short) for k in others if not (tag and k == "dynamics.beta")) + ((tag,) if tag else ())
+            y = float(np.nanmean(loss[idx])) if idx.size else np.nan
+            groups.setdefault(key, []).append((num(r[xkey]) if xkey else int(r["index"]), y))
+    floored = False
     for gi, (key, xs) in enumerate(sorted(groups.items())):
         xs.sort()
-        ax.plot([x for x, _ in xs], [y for _, y in xs], "o-", ms=3.5, color=COLORS[gi % len(COLORS)],
-                label=_legend(others, key, short) or None)
+        ys = np.array([y for _, y in xs])
+        floored |= bool(np.any(ys < LOSS_FLOOR))
+        ax.plot([x for x, _ in xs], np.maximum(ys, LOSS_FLOOR), "o-", ms=3.5, color=COLORS[gi % len(COLORS)],
+                label=", ".join(k for k in key if k) or None)
     ax.set_xlabel(xkey if xkey else "point")
-    ax.set_ylabel(r"final mean loss $E(X(T))$")
-    if all(y > 0 for xs in groups.values() for _, y in xs if math.isfinite(y)):
+    ax.set_ylabel(r"final mean loss $E(X(T))$ over trajectories")
+    ys = [y for xs in groups.values() for _, y in xs if math.isfinite(y)]
+    if ys and all(y > 0 for y in ys):
         ax.set_yscale("log")
-    if others:
-        ax.legend()
-    ax.set_title("sweep overview", fontsize=9)
+        if floored:
+            ax.axhline(LOSS_FLOOR, color="0.5", ls=":", lw=0.8, label=f"roundoff floor ({LOSS_FLOOR:g})")
+    if others or split or floored:
+        ax.legend(fontsize=6.5)
+    ax.set_title("sweep overview" + (" (batched betas drawn separately)" if split else ""), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -251,8 +288,9 @@ def plot_sweep(sweep_dir: str, formats=("png", "pdf")) -> list[str]:
     """Summary figures of a sweep folder across its axes; returns the written paths.
 
     - gibbs.{png,pdf}: stationary E||X||^2 and mean entropy S against beta, one colour per other
-      axis combination (e.g. depth), with the Gibbs law (dlnsim.gibbs.SingularValueLaw) as lines,
-      for Langevin/RLE runs with E = alpha/2 ||X||^2 (d <= 3); numbers and z-scores in gibbs.csv;
+      axis combination (e.g. depth), with the Gibbs reference of the energy used (a curve for
+      E = alpha/2 ||X||^2, d <= 3; points with their band otherwise), for Langevin/RLE runs; numbers,
+      reference errors and z-scores in gibbs.csv;
     - saxe.{png,pdf}: time for each mode to reach half its target against depth, with the closed
       form (dlnsim.theory.saxe_time), for aligned matrix-regression gradient runs; saxe.csv;
     - overview.{png,pdf}: the final mean loss across the axes (every sweep).
@@ -280,7 +318,7 @@ def plot_sweep(sweep_dir: str, formats=("png", "pdf")) -> list[str]:
         grows = _gibbs_summary(points, axis_keys)
         if grows:
             group_keys = [k for k in axis_keys if k != "dynamics.beta"]
-            _write_csv(os.path.join(fig_dir, "gibbs.csv"), grows)
+            _write_csv(os.path.join(fig_dir, "gibbs.csv"), [{k: v for k, v in r.items() if k != "_cfg"} for r in grows])
             save(_fig_gibbs(grows, group_keys, short), "gibbs")
             headline = headline or "gibbs"
         srows = _saxe_summary(points, axis_keys)

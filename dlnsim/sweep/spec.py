@@ -39,10 +39,11 @@ EXECUTORS = ("local", "slurm", "submitit-local")
 BATCHABLE = ("dynamics.beta",)
 TOP_KEYS = ("name", "base", "axes", "zip", "batch_axes", "executor", "showcase", "seed_mode")
 SEED_MODES = ("derived", "common")
+MAX_POINTS = 10_000
 SWEEP_FILE, MANIFEST, RUNS, POINTS, FIGURES, SUBMITIT = (
     "sweep.yaml", "manifest.csv", "runs", "points", "figures", "submitit",
 )
-# How common axes are named in figure legends (math symbols of THEORY.md).
+# How common axes are named in figure legends (math symbols of docs/theory.md).
 AXIS_SYMBOLS = {"network.depth": "N", "network.width": "d", "dynamics.beta": r"$\beta$", "dynamics.step_size": "h",
                 "energy.alpha": r"$\alpha$", "dynamics.seed": "seed"}
 _NAME = re.compile(r"[A-Za-z0-9_.=+\-]+")
@@ -178,6 +179,9 @@ def load_sweep(path_or_dict, *, validate: bool = True) -> Sweep:
     if showcase is not None and (not isinstance(showcase, str) or not showcase.endswith(".png")):
         fail("showcase", f"must be a .png path (the summary figure is copied there), got {show(showcase)}")
     sweep = Sweep(name, base, axes, zips, batch, executor, showcase, source, seed_mode=seed_mode)
+    n_points = math.prod(len(v) for k, v in axes.items() if k not in batch) * math.prod(len(next(iter(g.values()))) for g in zips)
+    if n_points > MAX_POINTS:  # before expanding: each point is a validated config
+        fail("axes", f"{n_points} points, more than {MAX_POINTS} in one sweep; split it, or batch an axis (batch_axes)")
     if validate:
         sweep.points = expand(sweep)
     return sweep
