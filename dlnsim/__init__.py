@@ -32,6 +32,7 @@ from .entropy_fields import entropy_field, log_group_volume, orbit_log_volume_fi
 from .fields import get_field  # noqa: F401  (networks over R, C, H: docs/theory.md §13)
 from .geometry import (  # noqa: F401
     SpectralFrame,
+    SVDFactors,
     horizontal_lift,
     metric,
     metric_operator,

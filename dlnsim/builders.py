@@ -1,7 +1,7 @@
 """Objects of a run from its resolved config: energy, initial network, scheme, observer, reference flow.
 
     energy = build_energy(cfg); generator = torch.Generator().manual_seed(cfg["dynamics"]["seed"])
-    scheme = build_scheme(cfg, energy, generator); net = build_network(cfg, energy, generator)
+    scheme = build_scheme(cfg, energy, generator); net = build_network(cfg, generator=generator)
     sim = build_simulation(cfg)      # all of it, as the runner does: a dlnsim.simulation.Simulation
 
 Every factory reads the registries (dlnsim.energies.ENERGIES, dlnsim.dynamics.SCHEMES,
@@ -29,7 +29,6 @@ __all__ = [
     "device_dtype",
     "beta_of",
     "batch_size",
-    "energy_target",
     "build_energy",
     "build_network",
     "build_scheme",
@@ -59,13 +58,6 @@ def batch_size(cfg: dict) -> int:
     return cfg["dynamics"]["ensemble"] * (len(beta) if isinstance(beta, list) else 1)
 
 
-def energy_target(cfg: dict) -> torch.Tensor | None:
-    """The target matrix Phi (d_N, d_0) of the energy (float64, CPU), or None for an energy without one."""
-    if not ENERGIES[cfg["energy"]["type"]].has_target:
-        return None
-    return target_matrix(cfg["energy"], cfg["network"]["widths"])
-
-
 def build_energy(cfg: dict, device=None, dtype=None) -> Energy:
     """The Energy of cfg['energy'] (data on device/dtype; defaults from cfg['device'])."""
     if device is None or dtype is None:
@@ -93,8 +85,12 @@ def _initial_X(cfg: dict, B: int, generator, device, dtype) -> torch.Tensor | No
     return torch.tensor(t, dtype=dtype, device=device)
 
 
-def build_network(cfg: dict, energy: Energy | None = None, generator: torch.Generator | None = None) -> DeepLinearNetwork:
-    """The initial ensemble (batch = ensemble x number of betas) of cfg['network']."""
+def build_network(cfg: dict, *, generator: torch.Generator | None = None) -> DeepLinearNetwork:
+    """The initial ensemble (batch = ensemble x number of betas) of cfg['network'], drawn from `generator`.
+
+    (Before issue 11 the signature was (cfg, energy, generator), with energy unused; generator is
+    keyword-only so that a call in the old positional form fails loudly.)
+    """
     device, dtype = device_dtype(cfg)
     net, B = cfg["network"], batch_size(cfg)
     if field_runs.is_field_run(cfg):
@@ -160,7 +156,7 @@ def build_simulation(cfg: dict, study_figure: str | None = None, *, fresh: bool 
         ref_scheme = EndToEndFlow(energy, cfg["dynamics"]["step_size"], cfg["network"]["depth"], **ref_opts)
     state, ref_state = None, None
     if fresh:
-        weights = [W.detach() for W in build_network(cfg, energy, generator).weights]
+        weights = [W.detach() for W in build_network(cfg, generator=generator).weights]
         state = scheme.init_state(weights=weights)
         if ref_scheme is not None:
             ref_state = ref_scheme.init_state(weights=weights)

@@ -65,7 +65,6 @@ __all__ = [
     "ConfigError",
     "SCHEMA",
     "SCHEMES",
-    "STOCHASTIC_SCHEMES",
     "FIGURE_KINDS",
     "load_config",
     "set_key",
@@ -78,7 +77,6 @@ __all__ = [
 
 # Names of dynamics.scheme and energy.type: the registries' keys (dlnsim.dynamics.SCHEMES, dlnsim.energies.ENERGIES).
 SCHEMES = tuple(SCHEME_CLASSES)
-STOCHASTIC_SCHEMES = tuple(k for k, c in SCHEME_CLASSES.items() if c.stochastic)
 ENERGIES = tuple(ENERGY_CLASSES)
 INITS = ("balanced", "gaussian", "orthogonal", "identity", "residual", "file", "balance_from_gaussian")
 FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion",

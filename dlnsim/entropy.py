@@ -83,11 +83,11 @@ def entropy_grad_singular_values(s: torch.Tensor, depth: int) -> torch.Tensor:
 
 def entropy_grad(X: torch.Tensor, depth: int) -> torch.Tensor:
     """Euclidean gradient of S at X: U diag(dS/ds) V^T, shape (..., d, d). Needs full-rank X."""
-    from .geometry import SpectralFrame
+    from .geometry import SVDFactors
 
     check_depth(depth)
     check_matrix(X, square=True)
-    frame = SpectralFrame.of(X, depth)
+    frame = SVDFactors.of(X, depth)
     check_full_rank(frame.s, "the entropy gradient")
     return frame.from_singular(entropy_grad_singular_values(frame.s, depth))
 

@@ -22,6 +22,7 @@ from ._checks import check_depth, check_full_rank, check_matrix
 from .spectral import log_kernel, log_kernel_inf
 
 __all__ = [
+    "SVDFactors",
     "SpectralFrame",
     "metric_operator",
     "metric_operator_sqrt",
@@ -29,7 +30,7 @@ __all__ = [
     "metric_operator_inv_sqrt",
     "metric",
     "horizontal_lift",
-    "infinite_depth_frame",
+    "infinite_depth_factors",
     "metric_operator_inf",
     "metric_operator_inf_sqrt",
     "metric_operator_inf_inv",
@@ -39,11 +40,13 @@ __all__ = [
 
 
 @dataclass
-class SpectralFrame:
-    """The SVD frame of X, computed once and reused for every power of A_{N,X} at X.
+class SVDFactors:
+    """The SVD factors of X, computed once and reused for every power of A_{N,X} at X.
 
     U: (..., d_out, d_out), s: (..., r) with r = min(d_out, d_in), V: (..., d_in, d_in)
-    (full SVD, so rectangular X is covered), depth N. log_K: (..., d_out, d_in).
+    (full SVD, so rectangular X is covered), depth N. log_K: (..., d_out, d_in), the log of the
+    kernel K of A_{N,X} in the frame (U, V). (Named SpectralFrame before issue 11; that name
+    remains an alias.)
     """
 
     U: torch.Tensor
@@ -53,7 +56,7 @@ class SpectralFrame:
     log_K: torch.Tensor
 
     @classmethod
-    def of(cls, X: torch.Tensor, depth: int) -> "SpectralFrame":
+    def of(cls, X: torch.Tensor, depth: int) -> "SVDFactors":
         d_out, d_in = X.shape[-2], X.shape[-1]
         square = d_out == d_in
         U, s, Vh = torch.linalg.svd(X, full_matrices=not square)
@@ -72,13 +75,16 @@ class SpectralFrame:
         return (self.U[..., :, :r] * f_s.unsqueeze(-2)) @ self.V[..., :, :r].mT
 
 
+SpectralFrame = SVDFactors  # the name before issue 11, exported by dlnsim
+
+
 def _pad(s: torch.Tensor, n: int) -> torch.Tensor:
     if s.shape[-1] == n:
         return s
     return torch.cat([s, s.new_zeros(*s.shape[:-1], n - s.shape[-1])], dim=-1)
 
 
-def _frame(X: torch.Tensor, P: torch.Tensor | None, depth: int, need_full_rank: str | None) -> SpectralFrame:
+def _factors(X: torch.Tensor, P: torch.Tensor | None, depth: int, need_full_rank: str | None) -> SVDFactors:
     check_depth(depth)
     check_matrix(X)
     if P is not None:
@@ -87,12 +93,12 @@ def _frame(X: torch.Tensor, P: torch.Tensor | None, depth: int, need_full_rank: 
             raise ValueError(
                 f"P must have the shape of X's tangent space {tuple(X.shape[-2:])}, got {tuple(P.shape[-2:])}"
             )
-    frame = SpectralFrame.of(X, depth)
+    f = SVDFactors.of(X, depth)
     if need_full_rank is not None:
         if X.shape[-1] != X.shape[-2]:
             raise ValueError(f"{need_full_rank} needs square full-rank X, got shape {tuple(X.shape)}")
-        check_full_rank(frame.s, need_full_rank)
-    return frame
+        check_full_rank(f.s, need_full_rank)
+    return f
 
 
 def metric_operator(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
@@ -101,22 +107,22 @@ def metric_operator(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tenso
     X, P: (..., d_out, d_in) (batch dims broadcast). Returns (..., d_out, d_in).
     Self-adjoint and positive semi-definite in P; positive definite for full-rank X.
     """
-    return _frame(X, P, depth, None).apply(P, 1.0)
+    return _factors(X, P, depth, None).apply(P, 1.0)
 
 
 def metric_operator_sqrt(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
     """A_{N,X}^{1/2}(P) = U [K^{1/2} o (U^T P V)] V^T; (..., d_out, d_in). The Langevin noise factor."""
-    return _frame(X, P, depth, None).apply(P, 0.5)
+    return _factors(X, P, depth, None).apply(P, 0.5)
 
 
 def metric_operator_inv(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
     """A_{N,X}^{-1}(P) = U [(1/K) o (U^T P V)] V^T; (..., d, d). Needs square full-rank X."""
-    return _frame(X, P, depth, "A_{N,X}^{-1}").apply(P, -1.0)
+    return _factors(X, P, depth, "A_{N,X}^{-1}").apply(P, -1.0)
 
 
 def metric_operator_inv_sqrt(X: torch.Tensor, P: torch.Tensor, depth: int) -> torch.Tensor:
     """A_{N,X}^{-1/2}(P); (..., d, d). Needs square full-rank X."""
-    return _frame(X, P, depth, "A_{N,X}^{-1/2}").apply(P, -0.5)
+    return _factors(X, P, depth, "A_{N,X}^{-1/2}").apply(P, -0.5)
 
 
 def metric(X: torch.Tensor, Z: torch.Tensor, depth: int, Z2: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,9 +130,9 @@ def metric(X: torch.Tensor, Z: torch.Tensor, depth: int, Z2: torch.Tensor | None
 
     X, Z, Z2: (..., d, d), X full rank. This is the squared length of the horizontal lift of Z.
     """
-    frame = _frame(X, Z, depth, "the metric g^N")
+    f = _factors(X, Z, depth, "the metric g^N")
     Z2 = Z if Z2 is None else Z2
-    return (Z * frame.apply(Z2, -1.0)).sum(dim=(-2, -1))
+    return (Z * f.apply(Z2, -1.0)).sum(dim=(-2, -1))
 
 
 def horizontal_lift(weights: list[torch.Tensor], Z: torch.Tensor) -> list[torch.Tensor]:
@@ -146,27 +152,27 @@ def horizontal_lift(weights: list[torch.Tensor], Z: torch.Tensor) -> list[torch.
 # --- the infinite-depth limit A_inf = lim_{N -> inf} A_{N,X} / N ------------------------------------
 
 
-def infinite_depth_frame(X: torch.Tensor) -> SpectralFrame:
-    """The SVD frame of X with the log-mean kernel K^inf (`dlnsim.spectral.log_kernel_inf`); depth = inf.
+def infinite_depth_factors(X: torch.Tensor) -> SVDFactors:
+    """The SVD factors of X with the log-mean kernel K^inf (`dlnsim.spectral.log_kernel_inf`); depth = inf.
 
     A_inf(P) = int_0^1 (X X^T)^{1-u} P (X^T X)^u du = U [K^inf o (U^T P V)] V^T.
     """
     d_out, d_in = X.shape[-2], X.shape[-1]
     U, s, Vh = torch.linalg.svd(X, full_matrices=d_out != d_in)
-    return SpectralFrame(U, s, Vh.mT, math.inf, log_kernel_inf(_pad(s, d_out), _pad(s, d_in)))
+    return SVDFactors(U, s, Vh.mT, math.inf, log_kernel_inf(_pad(s, d_out), _pad(s, d_in)))
 
 
-def _frame_inf(X: torch.Tensor, P: torch.Tensor, need_full_rank: str | None) -> SpectralFrame:
+def _factors_inf(X: torch.Tensor, P: torch.Tensor, need_full_rank: str | None) -> SVDFactors:
     check_matrix(X)
     check_matrix(P, "P")
     if P.shape[-2:] != X.shape[-2:]:
         raise ValueError(f"P must have the shape of X's tangent space {tuple(X.shape[-2:])}, got {tuple(P.shape[-2:])}")
-    frame = infinite_depth_frame(X)
+    f = infinite_depth_factors(X)
     if need_full_rank is not None:
         if X.shape[-1] != X.shape[-2]:
             raise ValueError(f"{need_full_rank} needs square full-rank X, got shape {tuple(X.shape)}")
-        check_full_rank(frame.s, need_full_rank)
-    return frame
+        check_full_rank(f.s, need_full_rank)
+    return f
 
 
 def metric_operator_inf(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
@@ -176,26 +182,26 @@ def metric_operator_inf(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     singular value gives K^inf = 0 on its row and column: A_inf is singular there, with no 1/N
     remainder as at finite depth). Converges at rate 1/N: A_{N,X}/N = (s_i s_j)^{-1/N} K^inf (1 + O(N^-2)).
     """
-    return _frame_inf(X, P, None).apply(P, 1.0)
+    return _factors_inf(X, P, None).apply(P, 1.0)
 
 
 def metric_operator_inf_sqrt(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     """A_inf^{1/2}(P) = U [(K^inf)^{1/2} o (U^T P V)] V^T: the noise factor of the infinite-depth RLE."""
-    return _frame_inf(X, P, None).apply(P, 0.5)
+    return _factors_inf(X, P, None).apply(P, 0.5)
 
 
 def metric_operator_inf_inv(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     """A_inf^{-1}(P) = U [(1/K^inf) o (U^T P V)] V^T; (..., d, d). Needs square full-rank X."""
-    return _frame_inf(X, P, "A_inf^{-1}").apply(P, -1.0)
+    return _factors_inf(X, P, "A_inf^{-1}").apply(P, -1.0)
 
 
 def metric_operator_inf_inv_sqrt(X: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     """A_inf^{-1/2}(P); (..., d, d). Needs square full-rank X."""
-    return _frame_inf(X, P, "A_inf^{-1/2}").apply(P, -0.5)
+    return _factors_inf(X, P, "A_inf^{-1/2}").apply(P, -0.5)
 
 
 def metric_inf(X: torch.Tensor, Z: torch.Tensor, Z2: torch.Tensor | None = None) -> torch.Tensor:
     """g^inf(X)(Z, Z2) = tr(Z^T A_inf^{-1}(Z2)) = lim N g^N(X)(Z, Z2); shape (...,). X full rank."""
-    frame = _frame_inf(X, Z, "the metric g^inf")
+    f = _factors_inf(X, Z, "the metric g^inf")
     Z2 = Z if Z2 is None else Z2
-    return (Z * frame.apply(Z2, -1.0)).sum(dim=(-2, -1))
+    return (Z * f.apply(Z2, -1.0)).sum(dim=(-2, -1))

@@ -36,10 +36,8 @@ import yaml
 
 from ._io import atomic_write
 from ._version import __version__
-from .lifecycle import Status
 
 __all__ = [
-    "STATUSES",
     "make_run_dir",
     "write_config",
     "read_config",
@@ -58,7 +56,6 @@ __all__ = [
     "now",
 ]
 
-STATUSES = (Status.RUNNING, Status.COMPLETED, Status.INTERRUPTED, Status.DIVERGED, Status.FAILED)  # of a run folder
 CONFIG, META, METRICS, ARRAYS, CHECKPOINT, FIGURES, RUNS, RECORDS = (
     "config.yaml", "meta.json", "metrics.csv", "arrays.npz", "checkpoint.pt", "figures", "runs", "records",
 )

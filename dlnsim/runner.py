@@ -48,7 +48,6 @@ from .builders import (  # noqa: F401  (the factories are part of this module's 
     build_scheme,
     build_simulation,
     device_dtype,
-    energy_target,
 )
 from .config import ConfigError, validate, variant_configs
 from .lifecycle import EXIT_CODES, Status, StopSignal, kill_with_default
@@ -68,7 +67,6 @@ __all__ = [
     "build_network",
     "build_scheme",
     "build_observer",
-    "energy_target",
     "beta_of",
     "saxe_reference",
     "read_weight_file",
@@ -214,7 +212,7 @@ def _scheme_warnings(sim: Simulation) -> list[str]:
     return out
 
 
-def _figures_safely(run_dir: str, cfg: dict, study: bool, quiet: bool) -> tuple[list[str], str | None]:
+def _figures_safely(run_dir: str, cfg: dict, study: bool) -> tuple[list[str], str | None]:
     """Figures, or ([], the error in one line): a figure failure never loses or relabels the data."""
     try:
         if os.environ.get("DLNSIM_TEST_FIGURE_FAIL"):
@@ -314,7 +312,7 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
             print(f"dlnsim: warning: {'' if study_figure is None else os.path.basename(run_dir) + ': '}{w}", file=sys.stderr)
         R.update_meta(run_dir, warnings=warnings)  # before the figures, which show them in their title
     if study_figure is None and status in (Status.COMPLETED, Status.DIVERGED) and sim.n_saved:
-        figs, fig_error = _figures_safely(run_dir, cfg, False, quiet)
+        figs, fig_error = _figures_safely(run_dir, cfg, False)
         if fig_error:
             fields["figure_error"] = fig_error
         elif status == Status.COMPLETED:
@@ -542,7 +540,7 @@ def _run_study(cfg: dict, run_dir: str, variants, quiet: bool, stop: StopSignal)
         message = f"interrupted; continue with: dlnsim run --resume {run_dir}"
     fields = {}
     if worst in (Status.COMPLETED, Status.DIVERGED):
-        figs, fig_error = _figures_safely(run_dir, cfg, True, quiet)
+        figs, fig_error = _figures_safely(run_dir, cfg, True)
         if fig_error:
             fields["figure_error"] = fig_error
         elif worst == Status.COMPLETED:

@@ -329,10 +329,10 @@ class TorchsdeRLE(nn.Module):
         self.energy, self.depth, self.beta, self.d = energy, depth, beta, d
 
     def _frame(self, y):
-        from dlnsim.geometry import SpectralFrame
+        from dlnsim.geometry import SVDFactors
 
         X = y.view(-1, self.d, self.d)
-        return X, SpectralFrame.of(X, self.depth)
+        return X, SVDFactors.of(X, self.depth)
 
     def _drift(self, X, fr):
         from dlnsim.entropy import entropy_grad_singular_values
@@ -369,14 +369,14 @@ class TorchsdeRLELayer(nn.Module):
 
     def f_and_g(self, t, y):
         from dlnsim.dynamics.rle import _layer_frame_drift
-        from dlnsim.geometry import SpectralFrame
+        from dlnsim.geometry import SVDFactors
         from dlnsim.spectral import log_kernel
 
         d, N = self.d, self.depth
         Y = y.view(-1, d, d)
         U, x, Vh = torch.linalg.svd(Y)
         s = x**N
-        fr = SpectralFrame(U, s, Vh.mT, N, log_kernel(s, N))
+        fr = SVDFactors(U, s, Vh.mT, N, log_kernel(s, N))
         X = (U * s.unsqueeze(-2)) @ Vh
         beta = torch.as_tensor(self.beta, dtype=y.dtype)
         drift_f, rho = _layer_frame_drift(fr, self.energy.grad(X), beta)
@@ -566,7 +566,7 @@ def _bench_langevin(timer, device, dtype, quick):
                 item="d", case=f"exact fallback share of the projected step d={d} B={B}", d=d, N=DEPTH, B=B,
                 dlnsim_s=None, baseline_s=None, ratio=share, pct=True, target=0.05, cmp="<=",
                 check=f"{n_fb} fallback calls for {n_traj} trajectories in {5 if quick else 20} steps",
-                note="fallback share = CPU time in the exact (ConstraintFrame) Newton fallback / step time",
+                note="fallback share = CPU time in the exact (ExactConstraintSolver) Newton fallback / step time",
             ))
         quasi = f", projected quasi-Newton {t['pq'] * 1e6:9.1f} us ({t['pq'] / t['gd']:.1f}x)" if "pq" in t else ""
         print(f"  (d) d={d:2d} B={B}: GD {t['gd'] * 1e6:9.1f} us, projected {t['pl'] * 1e6:9.1f} us "
@@ -580,7 +580,7 @@ def _fallback_share(scheme, weights, n_steps: int) -> tuple[float, int, int]:
     import dlnsim.manifold as manifold
 
     spent = {"t": 0.0, "calls": 0, "traj": 0}
-    orig = manifold.ConstraintFrame.newton
+    orig = manifold.ExactConstraintSolver.newton
 
     def timed(self, *args, **kwargs):
         t0 = time.process_time()
@@ -593,14 +593,14 @@ def _fallback_share(scheme, weights, n_steps: int) -> tuple[float, int, int]:
 
     state = scheme.init_state(weights=weights)
     scheme.step(state)
-    manifold.ConstraintFrame.newton = timed
+    manifold.ExactConstraintSolver.newton = timed
     try:
         t0 = time.process_time()
         for _ in range(n_steps):
             scheme.step(state)
         total = time.process_time() - t0
     finally:
-        manifold.ConstraintFrame.newton = orig
+        manifold.ExactConstraintSolver.newton = orig
     return spent["t"] / total, spent["calls"], spent["traj"]
 
 

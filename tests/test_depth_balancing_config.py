@@ -104,9 +104,9 @@ def test_balancing_schemes_are_registered_without_reference_theory():
 def test_init_balance_from_gaussian():
     cfg = _cfg(network={"depth": 3, "width": 2, "init": "balance_from_gaussian", "scale": 1.0},
                dynamics={"ensemble": 2, "seed": 4})
-    W = [w.detach() for w in build_network(cfg, None, torch.Generator().manual_seed(4)).weights]
+    W = [w.detach() for w in build_network(cfg, generator=torch.Generator().manual_seed(4)).weights]
     g = load_config({**cfg, "network": {**cfg["network"], "init": "gaussian"}})
-    W_gauss = [w.detach() for w in build_network(g, None, torch.Generator().manual_seed(4)).weights]
+    W_gauss = [w.detach() for w in build_network(g, generator=torch.Generator().manual_seed(4)).weights]
     assert rel_err(end_to_end(W), end_to_end(W_gauss)) < 1e-9  # the Gaussian X, balanced weights
     assert float(balancedness(W).abs().max()) < 1e-9
     with pytest.raises(ConfigError, match="network.init"):

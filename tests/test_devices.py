@@ -49,7 +49,7 @@ def _run(scheme_name: str, device: str):
     generator = torch.Generator(device=device).manual_seed(cfg["dynamics"]["seed"])
     beta = beta_of(cfg, device, torch.float64)
     scheme = build_scheme(cfg, energy, generator, beta)
-    net = build_network(cfg, energy, generator)
+    net = build_network(cfg, generator=generator)
     state = scheme.init_state(weights=[W.detach() for W in net.weights])
     observer = build_observer(cfg, energy, scheme, beta)
     for _ in range(STEPS):

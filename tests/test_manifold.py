@@ -12,7 +12,7 @@ import torch
 from dlnsim.manifold import (
     BlockTridiagonalCholesky,
     BlockTridiagonalLU,
-    ConstraintFrame,
+    ExactConstraintSolver,
     check_point_on_manifold,
     check_vector_on_tangent,
     constraint_count,
@@ -102,7 +102,7 @@ def test_gram_blocks_are_J_JT_and_solvers_agree_with_dense(d, N):
     assert torch.allclose(A, J @ J.mT, atol=1e-12 * float((J @ J.mT).abs().max()))
     # Block Cholesky of J J^T and block LU of the exact Newton matrix J(Y) J(X)^T, against dense solves
     # (internal orthonormal coordinates); relative residual at roundoff times the condition number.
-    frame = ConstraintFrame.of(W, dense=False)
+    frame = ExactConstraintSolver.of(W, dense=False)
     Y = torch.stack(_random_weights(d, N, 4, gen), 1)
     k = d * (d + 1) // 2
     r = torch.randn(4, N - 1, k, dtype=DTYPE, generator=gen)
@@ -111,7 +111,7 @@ def test_gram_blocks_are_J_JT_and_solvers_agree_with_dense(d, N):
     assert torch.allclose(x.flatten(-2), torch.linalg.solve(Az, r.flatten(-2)), rtol=1e-8, atol=1e-10)
     blocks = frame.newton_blocks(Y)
     M = _assemble(*blocks)
-    fy = ConstraintFrame(Y, dense=True)
+    fy = ExactConstraintSolver(Y, dense=True)
     assert torch.allclose(M, fy.jacobian_t().mT @ frame.jacobian_t(), atol=1e-11 * float(M.abs().max()))
     x = BlockTridiagonalLU(*blocks).solve(r)
     assert torch.allclose(x.flatten(-2), torch.linalg.solve(M, r.flatten(-2)), rtol=1e-7, atol=1e-9)
@@ -124,7 +124,7 @@ def test_projector_idempotent_self_adjoint_rank(d, N):
     n = N * d * d
     basis = torch.eye(n, dtype=DTYPE).reshape(n, 1, N, d, d).expand(n, 2, N, d, d)
     for dense in (True, False):
-        frame = ConstraintFrame.of(W, dense=dense)
+        frame = ExactConstraintSolver.of(W, dense=dense)
         P = frame.project(basis).reshape(n, 2, n).permute(1, 2, 0)  # (2, n, n), column e -> P e
         assert torch.allclose(P, P.mT, atol=1e-12), "P must be self-adjoint"
         assert torch.allclose(P @ P, P, atol=1e-12), "P must be idempotent"
@@ -174,10 +174,10 @@ def test_dense_and_block_frames_agree_and_compaction_preserves_iterates():
     # loop compacts onto a subset; every trajectory must get the iterates it gets alone.
     scale = torch.logspace(-3, 0.3, B, dtype=DTYPE).reshape(B, 1, 1, 1)
     for dense in (True, False):
-        frame = ConstraintFrame(W, dense=dense)
+        frame = ExactConstraintSolver(W, dense=dense)
         v = frame.project(scale * torch.randn(W.shape, dtype=DTYPE, generator=gen))
         together = frame.newton(v, tol=1e-10, max_iter=12)
-        alone = [ConstraintFrame(W[b:b + 1], dense=dense).newton(v[b:b + 1], tol=1e-10, max_iter=12) for b in range(B)]
+        alone = [ExactConstraintSolver(W[b:b + 1], dense=dense).newton(v[b:b + 1], tol=1e-10, max_iter=12) for b in range(B)]
         Y_alone = torch.cat([r.Y for r in alone])
         conv_alone = torch.cat([r.converged for r in alone])
         assert torch.equal(together.converged, conv_alone)
@@ -185,7 +185,7 @@ def test_dense_and_block_frames_agree_and_compaction_preserves_iterates():
         c = together.converged
         assert torch.allclose(together.Y[c], Y_alone[c], atol=1e-12)
         assert 0 < int(c.sum()) < B or bool(c.all())
-    f_dense, f_block = ConstraintFrame(W, dense=True), ConstraintFrame(W, dense=False)
+    f_dense, f_block = ExactConstraintSolver(W, dense=True), ExactConstraintSolver(W, dense=False)
     V = torch.randn(W.shape, dtype=DTYPE, generator=gen)
     assert torch.allclose(f_dense.project(V), f_block.project(V), atol=1e-12)
     v = f_dense.project(0.1 * V)
@@ -222,7 +222,7 @@ def test_singular_gram_is_flagged_not_raised():
     W = torch.zeros(B, N, d, d, dtype=DTYPE)
     W[1:] = torch.stack(_balanced(d, N, B - 1, make_generator(600)), 1)
     for dense in (True, False):
-        frame = ConstraintFrame(W, dense=dense)
+        frame = ExactConstraintSolver(W, dense=dense)
         assert frame.ok.tolist() == [False, True, True, True]
         v = frame.project(0.01 * torch.ones_like(W))
         r = frame.newton(v)
@@ -241,28 +241,28 @@ def test_argument_errors():
 
 
 # --------------------------------------------------------------------------------------------
-# The frame solver (BalancedFrame) against the exact ConstraintFrame (the oracle).
+# The frame solver (SingularFrameSolver) against the exact ExactConstraintSolver (the oracle).
 
 
 @pytest.mark.parametrize("d,N", CASES + [(5, 4)])
 def test_frame_solver_matches_exact_projector_and_newton(d, N):
-    from dlnsim.manifold import BalancedFrame
+    from dlnsim.manifold import SingularFrameSolver
 
     gen = make_generator(800 + 10 * d + N)
     B = 12
     W = torch.stack(_balanced(d, N, B, gen), 1)
-    exact, frame = ConstraintFrame(W), BalancedFrame(W)
+    exact, frame = ExactConstraintSolver(W), SingularFrameSolver(W)
     assert bool(frame.ok.all())
     # Frames are orthogonal and carry x to diag(l) (roundoff; x is balanced to roundoff here).
     eye = torch.eye(d, dtype=DTYPE)
     assert float((frame.Q.mT @ frame.Q - eye).abs().max()) < 1e-13
-    assert float((frame.Xt - torch.diag_embed(frame.l).unsqueeze(-3)).abs().max()) < 1e-11
-    # The canonical inverse is the inverse of J J^T at Xt = diag(l) (the sine-transform eigenvalues).
+    assert float((frame.Wt - torch.diag_embed(frame.l).unsqueeze(-3)).abs().max()) < 1e-11
+    # The canonical inverse is the inverse of J J^T at Wt = diag(l) (the sine-transform eigenvalues).
     R = torch.randn(B, N - 1, d, d, dtype=DTYPE, generator=gen)
     R = R + R.mT
     Xd = torch.diag_embed(frame.l).unsqueeze(-3).expand(B, N, d, d)
-    canon = BalancedFrame(Xd)
-    assert torch.allclose(canon.jvp_t(canon.vjp_t(canon.solve_canonical(R))), R, atol=1e-10)
+    canon = SingularFrameSolver(Xd)
+    assert torch.allclose(canon.jvp_in_frame(canon.vjp_in_frame(canon.solve_canonical(R))), R, atol=1e-10)
     # Same tangent projector to roundoff.
     V = torch.randn(W.shape, dtype=DTYPE, generator=gen)
     assert torch.allclose(frame.project(V), exact.project(V), atol=1e-12)
@@ -270,7 +270,7 @@ def test_frame_solver_matches_exact_projector_and_newton(d, N):
     # iteration converges by itself here (no fallback) for steps ~0.05 |W|.
     v = exact.project(0.05 * torch.randn(W.shape, dtype=DTYPE, generator=gen))
     a = exact.newton(v, tol=1e-12, max_iter=12)
-    b = frame.newton_t(frame.to_frame(v), tol=1e-12, max_iter=40, want_mu=True, fallback=False)
+    b = frame.newton_in_frame(frame.to_frame_coordinates(v), tol=1e-12, max_iter=40, want_mu=True, fallback=False)
     assert bool(a.converged.all()) and bool(b.converged.all())
     assert torch.allclose(a.Y, b.Y, atol=1e-10)
     assert torch.allclose(a.mu, b.mu, atol=1e-9 * (1 + float(a.mu.abs().max())))
@@ -278,20 +278,20 @@ def test_frame_solver_matches_exact_projector_and_newton(d, N):
 
 
 def test_frame_solver_falls_back_to_exact_newton_and_flags_singular_points():
-    from dlnsim.manifold import BalancedFrame
+    from dlnsim.manifold import SingularFrameSolver
 
     d, N, B = 2, 3, 64
     gen = make_generator(900)
     W = torch.stack(_balanced(d, N, B, gen), 1)
     W[0] = 0.0  # singular: J = 0
-    exact, frame = ConstraintFrame(W), BalancedFrame(W)
+    exact, frame = ExactConstraintSolver(W), SingularFrameSolver(W)
     assert not bool(frame.ok[0]) and bool(frame.ok[1:].all())
     # Large steps (h = 0.05, beta = 1 scale): the simplified iteration stalls on many trajectories;
     # the CPU fallback gives exactly the exact path's convergence pattern and the same points.
     v = exact.project(0.3 * torch.randn(W.shape, dtype=DTYPE, generator=gen))
     v[0] = 0.01
     a = exact.newton(v, max_iter=12)
-    alone = frame.newton_t(frame.to_frame(v), max_iter=12, fallback=False)
+    alone = frame.newton_in_frame(frame.to_frame_coordinates(v), max_iter=12, fallback=False)
     b = frame.newton(v, max_iter=12)  # original coordinates: the fallback also covers untrusted frames
     assert int((~alone.converged).sum()) > int((~b.converged).sum())  # the fallback was exercised
     assert torch.equal(a.converged, b.converged) and not bool(b.converged[0])
@@ -301,9 +301,9 @@ def test_frame_solver_falls_back_to_exact_newton_and_flags_singular_points():
     # Untrusted frames are identity frames (isometries), handled by the exact fallback; without the
     # fallback they report failure, never a false success.
     assert torch.equal(frame.Q[0], torch.eye(d, dtype=DTYPE).expand(N + 1, d, d))
-    c = frame.newton_t(frame.to_frame(v), max_iter=12)
+    c = frame.newton_in_frame(frame.to_frame_coordinates(v), max_iter=12)
     assert torch.equal(c.converged, a.converged)
-    assert not bool(frame.newton_t(frame.to_frame(v), max_iter=12, fallback=False).converged[0])
+    assert not bool(frame.newton_in_frame(frame.to_frame_coordinates(v), max_iter=12, fallback=False).converged[0])
     assert torch.allclose(frame.project(v), exact.project(v), atol=1e-12)
 
 
@@ -311,10 +311,10 @@ def test_auto_solver_choice():
     """solver="auto": the exact dense Newton for few constraints ((N-1) d(d+1)/2 <= DENSE_MAX), the
     frame solver above (on the CPU); the choice is a speed decision, both solve the same equations
     (test_frame_solver_matches_exact_projector_and_newton)."""
-    from dlnsim.manifold import DENSE_MAX, BalancedFrame, make_frame
+    from dlnsim.manifold import DENSE_MAX, SingularFrameSolver, make_projection_solver
 
     g = make_generator(4)
-    for d, N, expected in ((2, 3, ConstraintFrame), (3, 5, ConstraintFrame), (3, 6, BalancedFrame), (4, 4, BalancedFrame)):
+    for d, N, expected in ((2, 3, ExactConstraintSolver), (3, 5, ExactConstraintSolver), (3, 6, SingularFrameSolver), (4, 4, SingularFrameSolver)):
         W = torch.stack(balanced_weights(torch.randn(2, d, d, dtype=DTYPE, generator=g), N, g), dim=-3)
-        assert isinstance(make_frame(W, "auto"), expected), (d, N)
-        assert ((N - 1) * d * (d + 1) // 2 <= DENSE_MAX) == (expected is ConstraintFrame)
+        assert isinstance(make_projection_solver(W, "auto"), expected), (d, N)
+        assert ((N - 1) * d * (d + 1) // 2 <= DENSE_MAX) == (expected is ExactConstraintSolver)

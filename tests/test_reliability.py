@@ -332,12 +332,12 @@ def test_checkpoint_tree_names_only_dlnsim_classes(tmp_path):
 
 
 def test_checkpoint_round_trip_keeps_types_identity_and_bits(tmp_path):
-    from dlnsim.geometry import SpectralFrame
+    from dlnsim.geometry import SVDFactors
     from dlnsim.manifold import NewtonResult
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(3, 2, 2, dtype=torch.float64, generator=g)
-    frame = SpectralFrame.of(W, 2)
+    frame = SVDFactors.of(W, 2)
     gen_state = g.get_state()
     tree = {
         "weights": [W, W[1]], "same": W, "frame": frame, "gen": gen_state,
@@ -352,7 +352,7 @@ def test_checkpoint_round_trip_keeps_types_identity_and_bits(tmp_path):
     assert back["same"] is back["weights"][0]  # identity kept (scheme caches compare tensors with `is`)
     assert torch.equal(back["same"], W) and back["same"].dtype == torch.float64
     assert torch.equal(back["weights"][1], W[1])
-    assert isinstance(back["frame"], SpectralFrame) and torch.equal(back["frame"].log_K, frame.log_K) and back["frame"].depth == 2
+    assert isinstance(back["frame"], SVDFactors) and torch.equal(back["frame"].log_K, frame.log_K) and back["frame"].depth == 2
     assert torch.equal(back["gen"], gen_state)
     assert back["half"].dtype == torch.bfloat16 and torch.equal(back["half"], tree["half"])
     assert torch.equal(back["c"], tree["c"])

@@ -26,7 +26,7 @@ from dlnsim.dynamics.rle import (
     rle_drift_autograd,
     rle_layer_drift,
 )
-from dlnsim.geometry import SpectralFrame
+from dlnsim.geometry import SVDFactors
 from dlnsim.gibbs import SingularValueLaw
 from dlnsim.problems import rle_stationary_samples
 from dlnsim.simulation import simulate
@@ -127,7 +127,7 @@ def test_layer_chart_is_the_ito_image_of_the_rle(d, N):
     bY = (first + second / beta).detach()
     assert torch.allclose(rle_layer_drift(X, E, N, beta), bY, atol=1e-10 * float(bY.abs().max()))
     J = torch.stack(cols, 1).detach()
-    frame = SpectralFrame.of(X, N)
+    frame = SVDFactors.of(X, N)
     _, _, rho, _ = _layer_pair_terms(frame.s, frame.log_K, N)
     D = []
     for k in range(d * d):
@@ -182,7 +182,7 @@ def test_scheme_reproducible_beta_tensor_and_time_scale():
     sch = RiemannianLangevin(E, 0.01, 3, 2.0, generator=torch.Generator().manual_seed(1))
     st = sch.step(sch.init_state(X=X0))
     st.X.mul_(2.0)
-    fresh = SpectralFrame.of(st.X, 3)
+    fresh = SVDFactors.of(st.X, 3)
     assert torch.allclose(sch._frame(st.X).s, fresh.s, rtol=1e-13, atol=0)
 
 

@@ -68,6 +68,14 @@ def test_metric_operator_rectangular(shape, N):
     assert rel_err(dlnsim.metric_operator(X, P, N), _A_reference(X, P, N)) < 1e-12
 
 
+def test_svd_factors_keep_their_exported_old_name():
+    # geometry.SVDFactors was called SpectralFrame (exported by dlnsim) before issue 11; checkpoints
+    # written then name dlnsim.geometry:SpectralFrame, so the alias must resolve to the same class.
+    from dlnsim import geometry
+
+    assert dlnsim.SpectralFrame is dlnsim.SVDFactors is geometry.SpectralFrame is geometry.SVDFactors
+
+
 def test_metric_operator_rank_deficient_square():
     # A (positive powers only) is defined on the closure of GL_d; zero singular values pad K.
     # A is only Hoelder-continuous (exponent 2/N) at rank-deficient X, so roundoff-level zero

@@ -18,7 +18,7 @@ import torch
 
 from ..energies import Energy
 from ..entropy import entropy_grad_singular_values
-from ..geometry import SpectralFrame
+from ..geometry import SVDFactors
 from ..network import gradient_from_end_to_end, prefix_products
 from ..options import Choice, ConfigError, Int, Num
 from .base import Scheme, State, as_beta, check_beta, dopri5_advance, rk4_step
@@ -243,7 +243,7 @@ class EndToEndFlow(_FlowIntegrator, Scheme):
         self._beta_cache: dict = {}
 
     def velocity(self, X: torch.Tensor) -> torch.Tensor:
-        frame = SpectralFrame.of(X, self.depth)
+        frame = SVDFactors.of(X, self.depth)
         P = -self.energy.grad(X)
         if self.beta is not None:
             beta = as_beta(self.beta, X, self._beta_cache)

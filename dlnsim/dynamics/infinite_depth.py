@@ -38,7 +38,7 @@ import torch
 from .._checks import check_matrix
 from ..depth_limit import entropy_inf_grad_singular_values, entropy_inf, metric_operator_inf_quadrature
 from ..energies import Energy
-from ..geometry import SpectralFrame, infinite_depth_frame
+from ..geometry import SVDFactors, infinite_depth_factors
 from ..spectral import log_kernel_inf, logmean_slope
 from .base import Scheme, State, as_beta, check_beta
 from .gradient import _FlowIntegrator
@@ -63,7 +63,7 @@ def _spectral_drift_inf(s: torch.Tensor) -> torch.Tensor:
     return s * (1.0 + g.sum(dim=-1))
 
 
-def _frame_drift_inf(frame: SpectralFrame, G: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+def _frame_drift_inf(frame: SVDFactors, G: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
     """U^T drift V = -K^inf o (U^T G V) [+ diag(q)/beta]."""
     out = -torch.exp(frame.log_K) * (frame.U.mT @ G @ frame.V)
     if beta is not None:
@@ -78,12 +78,12 @@ def rle_drift_inf(X: torch.Tensor, energy: Energy, beta) -> torch.Tensor:
     """
     check_matrix(X, square=True)
     check_beta(beta)
-    frame = infinite_depth_frame(X)
+    frame = infinite_depth_factors(X)
     return frame.U @ _frame_drift_inf(frame, energy.grad(X), as_beta(beta, X)) @ frame.V.mT
 
 
 def _velocity_inf(X: torch.Tensor, energy: Energy, beta: torch.Tensor | None) -> torch.Tensor:
-    frame = infinite_depth_frame(X)
+    frame = infinite_depth_factors(X)
     P = -energy.grad(X)
     if beta is not None:
         P = P + frame.from_singular(entropy_inf_grad_singular_values(frame.s)) / beta
@@ -243,7 +243,7 @@ class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
         check_beta(beta)
         self._beta = beta
         self.generator = generator
-        self._carried: tuple[torch.Tensor, int, SpectralFrame] | None = None
+        self._carried: tuple[torch.Tensor, int, SVDFactors] | None = None
 
     @property
     def beta(self):
@@ -255,10 +255,10 @@ class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
         self._beta = value
         self._beta_cache = {}
 
-    def _frame(self, X: torch.Tensor) -> SpectralFrame:
+    def _frame(self, X: torch.Tensor) -> SVDFactors:
         if self._carried is not None and self._carried[0] is X and self._carried[1] == X._version:
             return self._carried[2]
-        return infinite_depth_frame(X)
+        return infinite_depth_factors(X)
 
     def step(self, state: State) -> State:
         X = state.X
@@ -272,7 +272,7 @@ class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
         crossed = torch.linalg.det(new) < 0
         U, V = frame.U @ Uf, frame.V @ Vfh.mT
         X_new = (U * s_new.unsqueeze(-2)) @ V.mT
-        self._carried = (X_new, X_new._version, SpectralFrame(U, s_new, V, math.inf, log_kernel_inf(s_new)))
+        self._carried = (X_new, X_new._version, SVDFactors(U, s_new, V, math.inf, log_kernel_inf(s_new)))
         state.X = X_new
         state.stats["rank_crossings"] = state.stats["rank_crossings"] + crossed.to(X.dtype)
         state.t += self.step_size

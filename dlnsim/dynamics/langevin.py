@@ -12,12 +12,12 @@ syncs, hand-written parameter gradients, all randomness from `self.generator`):
   then y = x + v + J(x)^T mu with mu from the Newton projection of `dlnsim.manifold` so that
   G_p(y) = 0. First order weakly: O(h) bias in the stationary law (several % at h = 0.02-0.1).
   Linear algebra (option solver): "frame" does everything in the singular frames of x, where J J^T
-  is diagonal in the matrix entries (dlnsim.manifold.BalancedFrame: O(N d^3) per step, simplified
+  is diagonal in the matrix entries (dlnsim.manifold.SingularFrameSolver: O(N d^3) per step, simplified
   Newton with an exact-Newton fallback on the CPU); "exact" is the block-tridiagonal / dense
-  Newton of ConstraintFrame (O(N d^6), the oracle; dense and launch-bound for few constraints);
+  Newton of ExactConstraintSolver (O(N d^6), the oracle; dense and launch-bound for few constraints);
   "auto" (default): "exact" for few constraints ((N-1) d(d+1)/2 <= 24: d = 2 up to N = 9, d = 3 up
   to N = 5, where a step is 2.4-3.1x faster than with "frame" at N = 2 and 1.05-1.35x at N = 3;
-  dlnsim.manifold.make_frame), else "frame" on the CPU and "exact" on accelerators (no
+  dlnsim.manifold.make_projection_solver), else "frame" on the CPU and "exact" on accelerators (no
   host-synchronising fallback there). Same projection to ~tol where both
   converge; with "frame" the noise is drawn in frame coordinates (same law, different stream).
   Safeguard: a projection is rejected (the trajectory stays at x for this step) if Newton does not
@@ -60,6 +60,9 @@ MetropolisLangevin: proposals, accepted, projection_failures, reverse_failures,
 safeguard_rejections, newton_iterations (forward + reverse). Rates are ratios of counters.
 
 Square widths only for the manifold schemes (M is defined for square width, docs/theory.md section 2).
+Notation in the code: W the stacked weights (B, N, d, d), Y the projected point, X = phi(W) the
+end-to-end matrix (as everywhere in dlnsim); the projection solver at W comes from
+dlnsim.manifold.make_projection_solver.
 """
 from __future__ import annotations
 
@@ -68,7 +71,7 @@ from typing import NamedTuple
 import torch
 
 from ..energies import Energy
-from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_frame
+from ..manifold import NEWTON_METHODS, SOLVERS, check_point_on_manifold, make_projection_solver
 from ..network import gradient_from_end_to_end, prefix_products
 from .base import Scheme, State, as_beta, check_beta
 from .reflection import det_sign, reflection_move
@@ -226,9 +229,9 @@ class _ManifoldLangevin(_LangevinBase):
         state.stats["sign_changes"] = state.stats["sign_changes"] + (det_sign(state.weights) != sign0).to(sign0.dtype)
         return state
 
-    def _project(self, frame, v: torch.Tensor):
+    def _project(self, proj, v: torch.Tensor):
         """Newton projection of x + v (v in the frame's coordinates); Y comes back in original ones."""
-        r = frame.newton_t(v, tol=self._tol(v.dtype), max_iter=self.max_iter, method=self.method)
+        r = proj.newton_in_frame(v, tol=self._tol(v.dtype), max_iter=self.max_iter, method=self.method)
         if self.safeguard is None:
             guard = torch.ones_like(r.converged)
         else:
@@ -253,22 +256,22 @@ class ProjectedLangevin(_ManifoldLangevin):
 
     def step(self, state: State) -> State:
         prev, sign0 = state.weights, det_sign(state.weights)
-        X = torch.stack(state.weights, dim=-3)
+        W = torch.stack(state.weights, dim=-3)
         h = self.step_size
-        frame = make_frame(X, self.solver)
-        _, grad = _energy_and_gradient(X, self.energy)
-        sigma = _per_layer(torch.sqrt(2.0 * h / self._beta(X)))
+        proj = make_projection_solver(W, self.solver)
+        _, grad = _energy_and_gradient(W, self.energy)
+        sigma = _per_layer(torch.sqrt(2.0 * h / self._beta(W)))
         # Work in the frame's coordinates (an isometry; the identity for solver="exact"). The noise is
         # drawn there directly: an isotropic Gaussian is invariant under the orthogonal change of frame.
-        v = frame.project_t(sigma * self._noise(X) - h * frame.to_frame(grad))
-        r, guard = self._project(frame, v)
+        v = proj.project_in_frame(sigma * self._noise(W) - h * proj.to_frame_coordinates(grad))
+        r, guard = self._project(proj, v)
         ok = r.converged & guard
-        Y = torch.where(_per_layer(ok), r.Y, X)
+        Y = torch.where(_per_layer(ok), r.Y, W)
         state.weights = list(Y.unbind(dim=-3))
         st = state.stats
         st["steps"] = st["steps"] + 1
-        st["projection_failures"] = st["projection_failures"] + (~r.converged).to(X.dtype)
-        st["safeguard_rejections"] = st["safeguard_rejections"] + (r.converged & ~guard).to(X.dtype)
+        st["projection_failures"] = st["projection_failures"] + (~r.converged).to(W.dtype)
+        st["safeguard_rejections"] = st["safeguard_rejections"] + (r.converged & ~guard).to(W.dtype)
         st["newton_iterations"] = st["newton_iterations"] + r.iterations
         state.t += h
         state.step += 1
@@ -296,54 +299,54 @@ class MetropolisLangevin(_ManifoldLangevin):
         self._cache: _Point | None = None
 
     def _point(self, state: State) -> "_Point":
-        """Frame, L and P grad L at the current point: from the cache when the state is the one the
+        """Projection solver, L and P grad L at the current point: from the cache when the state is the one the
         last step produced (same tensor objects), else computed afresh."""
         c = self._cache
         if c is not None and len(c.weights) == len(state.weights) and all(a is b for a, b in zip(state.weights, c.weights)):
             return c
-        X = torch.stack(state.weights, dim=-3)
-        frame = make_frame(X, self.solver)
-        value, grad = _energy_and_gradient(X, self.energy)
-        return _Point(X, frame, value, frame.project_t(frame.to_frame(grad)), state.weights)
+        W = torch.stack(state.weights, dim=-3)
+        proj = make_projection_solver(W, self.solver)
+        value, grad = _energy_and_gradient(W, self.energy)
+        return _Point(W, proj, value, proj.project_in_frame(proj.to_frame_coordinates(grad)), state.weights)
 
     def step(self, state: State) -> State:
         sign0 = det_sign(state.weights)
-        X, frame, Lx, Pgx, _ = self._point(state)
+        W, proj, Lx, Pgx, _ = self._point(state)
         h = self.step_size
-        beta = self._beta(X)
+        beta = self._beta(W)
         sigma = _per_layer(torch.sqrt(2.0 * h / beta))
         # Forward move: v = m_x + sigma P xi with m_x = -h P grad L(x).
         # Tangent vectors live in the frame coordinates of their base point (module docstring of
-        # dlnsim.manifold.BalancedFrame); norms and Gaussian densities are the same there.
-        noise = sigma * frame.project_t(self._noise(X))
+        # dlnsim.manifold.SingularFrameSolver); norms and Gaussian densities are the same there.
+        noise = sigma * proj.project_in_frame(self._noise(W))
         v = noise - h * Pgx
-        fwd, guard_f = self._project(frame, v)
+        fwd, guard_f = self._project(proj, v)
         # Evaluate y only where the forward projection is usable (keeps NaN out of the factorisation).
         usable = fwd.converged & guard_f & torch.isfinite(fwd.Y).flatten(-3).all(-1)
-        Y = torch.where(_per_layer(usable), fwd.Y, X)
-        frame_y = make_frame(Y, self.solver)
+        Y = torch.where(_per_layer(usable), fwd.Y, W)
+        proj_y = make_projection_solver(Y, self.solver)
         Ly, grad_y = _energy_and_gradient(Y, self.energy)
-        Pgy = frame_y.project_t(frame_y.to_frame(grad_y))
+        Pgy = proj_y.project_in_frame(proj_y.to_frame_coordinates(grad_y))
         # Reverse move from y: v' = P_y (x - y), projected back along the normal space at y.
-        v_rev = frame_y.project_t(frame_y.to_frame(X - Y))
-        rev, guard_r = self._project(frame_y, v_rev)
-        rtol_rev = self.reverse_tol if self.reverse_tol is not None else max(1e-7, 100 * self._tol(X.dtype))
-        returned = rev.converged & (_sq(rev.Y - X) <= rtol_rev**2 * (1.0 + _sq(X)))
+        v_rev = proj_y.project_in_frame(proj_y.to_frame_coordinates(W - Y))
+        rev, guard_r = self._project(proj_y, v_rev)
+        rtol_rev = self.reverse_tol if self.reverse_tol is not None else max(1e-7, 100 * self._tol(W.dtype))
+        returned = rev.converged & (_sq(rev.Y - W) <= rtol_rev**2 * (1.0 + _sq(W)))
         # log of [exp(-beta L(y)) q(x | y)] / [exp(-beta L(x)) q(y | x)], q(y|x) ∝ exp(-beta |v - m_x|^2 / 4h).
         log_ratio = -beta * (Ly - Lx) - beta / (4.0 * h) * (_sq(v_rev + h * Pgy) - _sq(noise))
-        u = torch.rand(Lx.shape, generator=self.generator, dtype=X.dtype, device=X.device)
+        u = torch.rand(Lx.shape, generator=self.generator, dtype=W.dtype, device=W.device)
         accept = usable & returned & guard_r & (torch.log(u) < log_ratio)
         if self.keep_component:  # proposals outside the starting component are rejected: exact for the restricted law
             left = det_sign(list(Y.unbind(dim=-3))) != sign0
-            state.stats["component_rejections"] = state.stats["component_rejections"] + (accept & left).to(X.dtype)
+            state.stats["component_rejections"] = state.stats["component_rejections"] + (accept & left).to(W.dtype)
             accept = accept & ~left
         a = _per_layer(accept)
-        Xn = torch.where(a, Y, X)
-        frame_n = frame_y.where(accept, frame)
-        state.weights = list(Xn.unbind(dim=-3))
-        self._cache = _Point(Xn, frame_n, torch.where(accept, Ly, Lx), torch.where(a, Pgy, Pgx), state.weights)
+        Wn = torch.where(a, Y, W)
+        proj_n = proj_y.where(accept, proj)
+        state.weights = list(Wn.unbind(dim=-3))
+        self._cache = _Point(Wn, proj_n, torch.where(accept, Ly, Lx), torch.where(a, Pgy, Pgx), state.weights)
         st = state.stats
-        f = lambda m: m.to(X.dtype)  # noqa: E731
+        f = lambda m: m.to(W.dtype)  # noqa: E731
         st["proposals"] = st["proposals"] + 1
         st["accepted"] = st["accepted"] + f(accept)
         st["projection_failures"] = st["projection_failures"] + f(~fwd.converged)
@@ -356,11 +359,11 @@ class MetropolisLangevin(_ManifoldLangevin):
 
 
 class _Point(NamedTuple):
-    X: torch.Tensor  # (B, N, d, d)
-    frame: object  # BalancedFrame or ConstraintFrame at X
+    W: torch.Tensor  # (B, N, d, d)
+    proj: object  # the projection solver at W (SingularFrameSolver or ExactConstraintSolver)
     L: torch.Tensor  # (B,)
     Pg: torch.Tensor  # P_x grad L(x) in the frame's coordinates, (B, N, d, d)
-    weights: list  # the state's list of views of X (identity marks the cache as current)
+    weights: list  # the state's list of views of W (identity marks the cache as current)
 
 
 def _per_layer(t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 from .._checks import check_depth, check_matrix
 from ..energies import Energy
 from .. import small_svd
-from ..geometry import SpectralFrame
+from ..geometry import SVDFactors
 from ..spectral import _mean_index, log_kernel
 from .base import Scheme, State, as_beta, check_beta
 from .gradient import TIME_SCALES
@@ -65,7 +65,7 @@ def _spectral_drift(s: torch.Tensor, depth: int) -> torch.Tensor:
     return s ** (1.0 - 2.0 / N) * ((N - 1) + off.sum(dim=-1))
 
 
-def _frame_drift(frame: SpectralFrame, G: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def _frame_drift(frame: SVDFactors, G: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """The drift in frame coordinates, U^T drift V: -K o (U^T G V) + diag(q)/beta."""
     K = torch.exp(frame.log_K)
     q = _spectral_drift(frame.s, frame.depth)
@@ -81,7 +81,7 @@ def rle_drift(X: torch.Tensor, energy: Energy, depth: int, beta) -> torch.Tensor
     check_depth(depth)
     check_matrix(X, square=True)
     check_beta(beta)
-    frame = SpectralFrame.of(X, depth)
+    frame = SVDFactors.of(X, depth)
     Y = _frame_drift(frame, energy.grad(X), as_beta(beta, X))
     return frame.U @ Y @ frame.V.mT
 
@@ -168,7 +168,7 @@ def layer_coordinates(X: torch.Tensor, depth: int) -> torch.Tensor:
     The chart in which the RLE has smooth coefficients through rank-deficient X (the RiemannianLangevin
     docstring). Inverse: from_layer_coordinates. sign det Y = sign det X.
     """
-    frame = SpectralFrame.of(X, depth)
+    frame = SVDFactors.of(X, depth)
     return frame.from_singular(frame.s ** (1.0 / depth))
 
 
@@ -225,7 +225,7 @@ def _anti(M: torch.Tensor) -> torch.Tensor:
     return 0.5 * (M - M.mT)
 
 
-def _layer_frame_drift(frame: SpectralFrame, G: torch.Tensor, beta: torch.Tensor):
+def _layer_frame_drift(frame: SVDFactors, G: torch.Tensor, beta: torch.Tensor):
     """Layer-chart drift in frame coordinates, and (rho) for the noise: -(B o sym(Gf) + A o anti(Gf)) + diag(r)/beta."""
     A, B, rho, r = _layer_pair_terms(frame.s, frame.log_K, frame.depth)
     Gf = frame.U.mT @ G @ frame.V
@@ -243,7 +243,7 @@ def rle_layer_drift(X: torch.Tensor, energy: Energy, depth: int, beta) -> torch.
     check_depth(depth)
     check_matrix(X, square=True)
     check_beta(beta)
-    frame = SpectralFrame.of(X, depth)
+    frame = SVDFactors.of(X, depth)
     Yd, _ = _layer_frame_drift(frame, energy.grad(X), as_beta(beta, X))
     return frame.U @ Yd @ frame.V.mT
 
@@ -326,7 +326,7 @@ class RiemannianLangevin(Scheme):
         if not isinstance(keep_component, bool):
             raise ValueError(f"keep_component must be True or False, got {keep_component!r}")
         self.keep_component = keep_component
-        self._carried: tuple[torch.Tensor, int, SpectralFrame] | None = None
+        self._carried: tuple[torch.Tensor, int, SVDFactors] | None = None
 
     @property
     def beta(self):
@@ -345,12 +345,12 @@ class RiemannianLangevin(Scheme):
             raise ValueError(f"RiemannianLangevin needs square X (B, d, d), got shape {tuple(state.X.shape)}")
         return state
 
-    def _frame(self, X: torch.Tensor) -> SpectralFrame:
+    def _frame(self, X: torch.Tensor) -> SVDFactors:
         # Reuse the SVD computed at the end of the previous step when X is the tensor it produced.
         if self._carried is not None and self._carried[0] is X and self._carried[1] == X._version:
             return self._carried[2]
         U, s, Vh = small_svd.svd(X)
-        return SpectralFrame(U, s, Vh.mT, self.depth, log_kernel(s, self.depth))
+        return SVDFactors(U, s, Vh.mT, self.depth, log_kernel(s, self.depth))
 
     def step(self, state: State) -> State:
         X = state.X
@@ -379,7 +379,7 @@ class RiemannianLangevin(Scheme):
         U = frame.U @ Uf
         V = frame.V @ Vfh.mT
         X_new = (U * s_new.unsqueeze(-2)) @ V.mT
-        self._carried = (X_new, X_new._version, SpectralFrame(U, s_new, V, self.depth, log_kernel(s_new, self.depth)))
+        self._carried = (X_new, X_new._version, SVDFactors(U, s_new, V, self.depth, log_kernel(s_new, self.depth)))
         state.X = X_new
         state.stats["rank_crossings"] = state.stats["rank_crossings"] + crossed.to(X.dtype)
         state.stats["sign_changes"] = state.stats["sign_changes"] + (crossed & (not self.keep_component)).to(X.dtype)

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from .. import results as R
 from ..energies import target_matrix
 from ..entropy import entropy_from_singular_values
-from ..geometry import SpectralFrame
+from ..geometry import SVDFactors
 from .common import COLORS, STYLE, band, positive_or_nan, save_figure
 from ..run_theory import energy_title, saxe_setting
 from .depth_balancing import fig_balancing, fig_infinite_depth
@@ -234,7 +234,7 @@ def _solution_plane(depth, x11, x22, lim, n=241):
     X[..., 0, 0], X[..., 1, 1] = x11, x22
     X[..., 0, 1], X[..., 1, 0] = torch.tensor(A), torch.tensor(Bm)
     S = entropy_from_singular_values(torch.linalg.svdvals(X), depth).numpy()
-    frame = SpectralFrame.of(X, depth)
+    frame = SVDFactors.of(X, depth)
     E = torch.zeros(2, 1, 1, 2, 2, dtype=torch.float64)
     E[0, ..., 0, 1] = 1.0
     E[1, ..., 1, 0] = 1.0
