@@ -164,7 +164,9 @@ _ENTRIES = (
     Observable("entropy_formula", lambda c: {"entropy_formula": c.entropy}, lambda c: c.square, figure="entropy"),
     Observable("free_energy", lambda c: {"free_energy": c.loss - c.entropy / as_beta(c.beta, c.X, trailing=0)},
                lambda c: c.square and c.beta is not None, figure="thermodynamics"),
-    Observable("det_sign", lambda c: {"det_sign": torch.linalg.det(c.X).sign()}, lambda c: c.square, figure="stationary"),
+    # real X only: over C and H det X is a phase (no two components), so the observable does not apply
+    Observable("det_sign", lambda c: {"det_sign": torch.linalg.det(c.X).sign()}, lambda c: c.square and not c.X.is_complex(),
+               figure="stationary"),
     Observable("balancedness", _balancedness, lambda c: c.state.weights is not None and len(c.state.weights) > 1,
                figure="balancedness"),
     Observable("entropy_measured", lambda c: {"entropy_measured": orbit_log_volume(c.state.weights)}, _square_weights,
