@@ -508,15 +508,48 @@ RESOURCES = [
 ]
 
 
-@pytest.mark.parametrize("sections,needle", RESOURCES)
-def test_resource_estimate_refuses_before_allocating(tmp_path, sections, needle):
-    # in a subprocess limited to 3 GiB of address space: a missing guard fails here, not the machine
-    path = _config(tmp_path, **sections)
-    p = _subprocess(["run", path, "--quiet"], cwd=tmp_path, timeout=60, memory_gb=3)
-    lines = _stderr_lines(p)
-    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
-    assert needle in lines[0] and "Traceback" not in p.stderr
-    _nothing_left(tmp_path)
+_RESOURCE_RUNNER = """
+import contextlib, io, json, os, sys
+from dlnsim import cli
+out = []
+for path in sys.argv[1:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["run", path, "--quiet"])
+    out.append({"code": code, "stderr": err.getvalue()})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def resource_outcomes(tmp_path_factory):
+    """Every RESOURCES case through dlnsim.cli.main in ONE subprocess limited to 3 GiB of address
+    space (one interpreter and torch start-up for all): a missing guard fails here, not the machine."""
+    root = tmp_path_factory.mktemp("resources")
+    paths = []
+    for i, case in enumerate(RESOURCES):
+        d = root / f"c{i}"
+        d.mkdir()
+        paths.append(_config(d, **case.values[0]))
+
+    def limit():
+        b = 3 * 2**30
+        resource.setrlimit(resource.RLIMIT_AS, (b, b))
+
+    p = subprocess.run([sys.executable, "-c", _RESOURCE_RUNNER, *paths], capture_output=True, text=True, timeout=180,
+                       cwd=root, env=_env(), preexec_fn=limit)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return root, json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("i", range(len(RESOURCES)), ids=[c.id for c in RESOURCES])
+def test_resource_estimate_refuses_before_allocating(resource_outcomes, i):
+    root, outcomes = resource_outcomes
+    got, needle = outcomes[i], RESOURCES[i].values[1]
+    lines = [ln for ln in got["stderr"].splitlines() if ln.strip()]
+    assert got["code"] == 2 and len(lines) == 1 and lines[0].startswith("dlnsim: error: "), got
+    assert needle in lines[0] and "Traceback" not in got["stderr"]
+    _nothing_left(root / f"c{i}")
 
 
 def test_memory_limit_can_be_raised_by_the_user(tmp_path, capsys):
