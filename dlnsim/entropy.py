@@ -138,14 +138,25 @@ def orbit_log_volume(weights: list[torch.Tensor]) -> torch.Tensor:
         T = W.mT.unsqueeze(-3) @ F @ W.unsqueeze(-3)  # (..., m, d, d): W^T F_b W
         return -torch.einsum("aij,...bij->...ab", F, T)
 
-    logdet = torch.zeros(batch, dtype=W0.dtype, device=W0.device)
+    return const + 0.5 * block_tridiagonal_logdet(diag_block, upper_block, N - 1,
+                                                  torch.zeros(batch, dtype=W0.dtype, device=W0.device))
+
+
+def block_tridiagonal_logdet(diag_block, upper_block, n: int, zero: torch.Tensor) -> torch.Tensor:
+    """log det of the symmetric positive block-tridiagonal matrix with diagonal blocks diag_block(q)
+    and upper blocks upper_block(q) (coupling q and q+1), q = 1..n, by block Cholesky
+    (S_1 = D_1, S_{q+1} = D_{q+1} - C_q^T S_q^{-1} C_q; log det = sum_q log det S_q).
+
+    zero: a tensor of zeros of the batch shape and real dtype of the result. A block that is not
+    positive definite (a degenerate orbit) gives -inf for that batch entry instead of an error.
+    """
+    logdet = zero
     S = diag_block(1)
-    for q in range(1, N):
+    for q in range(1, n + 1):
         L, info = torch.linalg.cholesky_ex(S)
         logdet = logdet + 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
         logdet = torch.where(info == 0, logdet, torch.full_like(logdet, -float("inf")))
-        if q < N - 1:
+        if q < n:
             C = upper_block(q)
-            Y = torch.cholesky_solve(C, L)  # S^{-1} C
-            S = diag_block(q + 1) - C.mT @ Y
-    return const + 0.5 * logdet
+            S = diag_block(q + 1) - C.mT @ torch.cholesky_solve(C, L)  # Schur complement
+    return logdet

@@ -33,6 +33,7 @@ import math
 import torch
 
 from ._checks import check_depth
+from .entropy import block_tridiagonal_logdet
 from .fields import get_field, lie_algebra_basis, singular_values
 from .spectral import dlog_kernel_ds, log_kernel
 
@@ -159,13 +160,5 @@ def orbit_log_volume_field(weights: list[torch.Tensor], field) -> torch.Tensor:
         W = weights[q].unsqueeze(-3)
         return -gram(W @ B, B @ W)
 
-    logdet = torch.zeros(batch, dtype=real, device=W0.device)
-    S = diag_block(1)
-    for q in range(1, N):
-        L, info = torch.linalg.cholesky_ex(S)
-        logdet = logdet + 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-        logdet = torch.where(info == 0, logdet, torch.full_like(logdet, -float("inf")))
-        if q < N - 1:
-            C = upper_block(q)
-            S = diag_block(q + 1) - C.mT @ torch.cholesky_solve(C, L)
-    return const + 0.5 * logdet
+    return const + 0.5 * block_tridiagonal_logdet(diag_block, upper_block, N - 1,
+                                                  torch.zeros(batch, dtype=real, device=W0.device))

@@ -52,6 +52,36 @@ class State:
         return cls(weights=d["weights"], X=d["X"], t=d["t"], step=d["step"], stats=dict(d["stats"]))
 
 
+class AnnealedSVDScheme:
+    """Shared by the schemes for X that step in the SVD frame of X (the RLE at finite and infinite depth).
+
+    beta is settable between steps (annealing): validated on assignment, and the per-device copy that
+    as_beta caches is dropped so the new value takes effect at the next step. The SVD factors computed
+    at the end of a step are carried to the next one, and reused only while state.X is still the very
+    tensor they describe (same object, unmodified: its _version is unchanged).
+    """
+
+    _carried = None  # (X, X._version, SVDFactors) of the last step
+
+    @property
+    def beta(self):
+        return self._beta
+
+    @beta.setter
+    def beta(self, value) -> None:
+        check_beta(value)
+        self._beta = value
+        self._beta_cache = {}
+
+    def carried_factors(self, X: torch.Tensor):
+        """The SVDFactors carried from the previous step if they describe X, else None."""
+        c = self._carried
+        return c[2] if c is not None and c[0] is X and c[1] == X._version else None
+
+    def carry(self, X: torch.Tensor, factors) -> None:
+        self._carried = (X, X._version, factors)
+
+
 class Scheme:
     """Base class of integrators.
 

@@ -40,7 +40,7 @@ from ..depth_limit import entropy_inf_grad_singular_values, entropy_inf, metric_
 from ..energies import Energy
 from ..geometry import SVDFactors, infinite_depth_factors
 from ..spectral import log_kernel_inf, logmean_slope
-from .base import Scheme, State, as_beta, check_beta
+from .base import AnnealedSVDScheme, Scheme, State, as_beta, check_beta
 from .gradient import _FlowIntegrator
 
 __all__ = [
@@ -215,7 +215,7 @@ class InfiniteDepthFreeEnergyFlow(InfiniteDepthFlow):
         super().__init__(energy, step_size, depth, beta=beta, **kw)
 
 
-class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
+class InfiniteDepthLangevin(AnnealedSVDScheme, _InfiniteDepth, Scheme):
     """Euler-Maruyama for the infinite-depth RLE of X (B, d, d), in the SVD frame (one SVD per step):
 
         X <- U [ diag(s) + h (-K^inf o (U^T grad E V) + diag(q)/beta) + sqrt(2h/beta) (K^inf)^{1/2} o Z ] V^T,
@@ -239,26 +239,12 @@ class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
     def __init__(self, energy: Energy, step_size: float, depth=math.inf, *, beta=None, time_scale: str = "depth",
                  generator: torch.Generator | None = None):
         self._base_init(energy, step_size, depth, time_scale)
-        self._beta_cache: dict = {}
-        check_beta(beta)
-        self._beta = beta
+        self.beta = beta
         self.generator = generator
-        self._carried: tuple[torch.Tensor, int, SVDFactors] | None = None
-
-    @property
-    def beta(self):
-        return self._beta
-
-    @beta.setter
-    def beta(self, value) -> None:
-        check_beta(value)
-        self._beta = value
-        self._beta_cache = {}
 
     def _frame(self, X: torch.Tensor) -> SVDFactors:
-        if self._carried is not None and self._carried[0] is X and self._carried[1] == X._version:
-            return self._carried[2]
-        return infinite_depth_factors(X)
+        carried = self.carried_factors(X)
+        return carried if carried is not None else infinite_depth_factors(X)
 
     def step(self, state: State) -> State:
         X = state.X
@@ -272,7 +258,7 @@ class InfiniteDepthLangevin(_InfiniteDepth, Scheme):
         crossed = torch.linalg.det(new) < 0
         U, V = frame.U @ Uf, frame.V @ Vfh.mT
         X_new = (U * s_new.unsqueeze(-2)) @ V.mT
-        self._carried = (X_new, X_new._version, SVDFactors(U, s_new, V, math.inf, log_kernel_inf(s_new)))
+        self.carry(X_new, SVDFactors(U, s_new, V, math.inf, log_kernel_inf(s_new)))
         state.X = X_new
         state.stats["rank_crossings"] = state.stats["rank_crossings"] + crossed.to(X.dtype)
         state.t += self.step_size

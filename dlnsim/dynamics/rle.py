@@ -34,7 +34,7 @@ from ..energies import Energy
 from .. import small_svd
 from ..geometry import SVDFactors
 from ..spectral import _mean_index, log_kernel
-from .base import Scheme, State, as_beta, check_beta
+from .base import AnnealedSVDScheme, Scheme, State, as_beta, check_beta
 from .gradient import TIME_SCALES
 
 __all__ = [
@@ -251,7 +251,7 @@ def rle_layer_drift(X: torch.Tensor, energy: Energy, depth: int, beta) -> torch.
 # --- the scheme -------------------------------------------------------------------------------------
 
 
-class RiemannianLangevin(Scheme):
+class RiemannianLangevin(AnnealedSVDScheme, Scheme):
     """Euler-Maruyama for the RLE of X (B, d, d), one SVD per step shared by drift and noise.
 
     chart="layer" (default): Euler-Maruyama in the layer coordinates Y = U diag(x) V^T, x = s^{1/N}
@@ -317,7 +317,6 @@ class RiemannianLangevin(Scheme):
             raise ValueError(f"time_scale must be one of {TIME_SCALES}, got {time_scale!r}")
         if chart not in CHARTS:
             raise ValueError(f"chart must be one of {CHARTS}, got {chart!r}")
-        self._beta_cache: dict = {}
         self.beta = beta
         self.generator = generator
         self.time_scale = time_scale
@@ -326,18 +325,6 @@ class RiemannianLangevin(Scheme):
         if not isinstance(keep_component, bool):
             raise ValueError(f"keep_component must be True or False, got {keep_component!r}")
         self.keep_component = keep_component
-        self._carried: tuple[torch.Tensor, int, SVDFactors] | None = None
-
-    @property
-    def beta(self):
-        return self._beta
-
-    @beta.setter
-    def beta(self, value) -> None:
-        # Settable between steps (annealing); the device copy is rebuilt at the next step.
-        check_beta(value)
-        self._beta = value
-        self._beta_cache = {}
 
     def init_state(self, weights=None, X=None) -> State:
         state = super().init_state(weights=weights, X=X)
@@ -346,9 +333,9 @@ class RiemannianLangevin(Scheme):
         return state
 
     def _frame(self, X: torch.Tensor) -> SVDFactors:
-        # Reuse the SVD computed at the end of the previous step when X is the tensor it produced.
-        if self._carried is not None and self._carried[0] is X and self._carried[1] == X._version:
-            return self._carried[2]
+        carried = self.carried_factors(X)
+        if carried is not None:
+            return carried
         U, s, Vh = small_svd.svd(X)
         return SVDFactors(U, s, Vh.mT, self.depth, log_kernel(s, self.depth))
 
@@ -379,7 +366,7 @@ class RiemannianLangevin(Scheme):
         U = frame.U @ Uf
         V = frame.V @ Vfh.mT
         X_new = (U * s_new.unsqueeze(-2)) @ V.mT
-        self._carried = (X_new, X_new._version, SVDFactors(U, s_new, V, self.depth, log_kernel(s_new, self.depth)))
+        self.carry(X_new, SVDFactors(U, s_new, V, self.depth, log_kernel(s_new, self.depth)))
         state.X = X_new
         state.stats["rank_crossings"] = state.stats["rank_crossings"] + crossed.to(X.dtype)
         state.stats["sign_changes"] = state.stats["sign_changes"] + (crossed & (not self.keep_component)).to(X.dtype)
