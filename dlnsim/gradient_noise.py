@@ -8,7 +8,9 @@ gradient has mean g = Dphi^T(grad E) and covariance
 
     C = c_b / b  sum_k p_k (Dphi^T h_k - g)(Dphi^T h_k - g)^T  +  sigma^2 / b  sum_k p_k sum_q Dphi^T J_kq (Dphi^T J_kq)^T,
 
-c_b = 1 with replacement, (n - b)/(n - 1) without (finite-population correction; uniform p). It is
+c_b = 1 with replacement, (n - b)/(n - 1) without (finite-population correction; uniform p; with
+epoch-wise reshuffling this is the covariance of each step's minibatch, marginally a uniform subset
+of size b, not of an epoch's dependent sequence of steps). It is
 returned as a factor F with C = F F^T (D x m, D = sum_p d_p d_{p-1}), from which traces, top
 eigenvalues (squared singular values of F) and projected traces tr(P C) = ||P F||_F^2 follow.
 

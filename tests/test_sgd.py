@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dlnsim.dynamics import GradientDescent
-from dlnsim.dynamics.sgd import SGD, LRSchedule, Minibatch
+from dlnsim.dynamics.sgd import SGD, LRSchedule, Minibatch, make_sampler
 from dlnsim.energies import LinearRegression, MatrixCompletion, MatrixRegression
 from dlnsim.network import DeepLinearNetwork, end_to_end
 from dlnsim.tasks import completion_problem, regression_problem
@@ -78,11 +78,12 @@ def test_minibatch_steps_match_autograd_and_torch_sgd(energy_fn, replacement, ba
     params = [W.clone().requires_grad_(True) for W in ws0]
     opt = torch.optim.SGD(params, lr=h, momentum=mu, weight_decay=lam)
     replay = torch.Generator().manual_seed(7)
+    sampler = make_sampler(E, batch, replacement, 0.2)  # its own epoch state, replayed from the same seed
     for _ in range(4):
         state = scheme.step(state)
-        mb = scheme.sampler.draw(4, replay, ws0[0])
-        if not replacement:  # no index twice within a minibatch
-            assert all(len(set(r.tolist())) == batch for r in mb.idx)
+        mb = sampler.draw(4, replay, ws0[0])
+        if not replacement:  # no index twice within a minibatch (b, or n mod b at an epoch's end)
+            assert all(len(set(r.tolist())) == mb.idx.shape[1] for r in mb.idx)
         opt.zero_grad()
         _replay_loss(scheme.sampler, params, mb).backward()
         opt.step()
@@ -159,17 +160,19 @@ def test_errors_and_batched_masks():
     assert isinstance(mb, Minibatch)
 
 
-def test_resume_from_checkpoint_is_bit_identical():
+@pytest.mark.parametrize("replacement,before", [(True, 3), (False, 2)])
+def test_resume_from_checkpoint_is_bit_identical(replacement, before):
     # the momentum buffer is scheme cache (cache_state) and the minibatches come from the generator:
-    # saving both with the state reproduces the continuation exactly
+    # saving both with the state reproduces the continuation exactly; without replacement the epoch's
+    # permutations and position are cache too (saved mid-epoch: 7 entries, b = 3, after 2 of 3 steps)
     import copy
 
     E = _completion(batch=2)
     ws = _weights([3, 4, 4], 2, 3)
-    kw = dict(batch_size=3, label_noise=0.1, momentum=0.9, weight_decay=0.01, schedule={"kind": "cosine", "total_steps": 6})
+    kw = dict(batch_size=3, replacement=replacement, label_noise=0.1, momentum=0.9, weight_decay=0.01, schedule={"kind": "cosine", "total_steps": 6})
     a = SGD(E, 0.05, 2, generator=torch.Generator().manual_seed(4), **kw)
     st = a.init_state(ws)
-    for _ in range(3):
+    for _ in range(before):
         st = a.step(st)
     saved = (copy.deepcopy(st.state_dict()), copy.deepcopy(a.cache_state()), a.generator.get_state())
     for _ in range(3):
@@ -204,3 +207,52 @@ def test_sum_with_deterministic_regularizer():
     assert torch.allclose(Fa, Fb, atol=1e-14) and not torch.allclose(ga, gb)
     with pytest.raises(ValueError, match="exactly one term"):
         SGD(R + R, 0.05, 2)
+
+
+@pytest.mark.parametrize("kind", ["completion", "regression"])
+def test_without_replacement_is_epochwise_reshuffling(kind):
+    # direct count: with n samples and batch b, each epoch is ceil(n/b) steps whose minibatches
+    # (b, ..., b, n mod b) use every sample of the trajectory's population exactly once; each epoch
+    # and each trajectory draws its own permutation
+    B, b = 4, 3
+    if kind == "completion":
+        E = _completion(batch=B)  # per-trajectory masks, 7 observed entries each
+        pops = [set(E.mask[k].flatten().nonzero().squeeze(-1).tolist()) for k in range(B)]
+    else:
+        E = _regression()  # n = 9 data columns, shared
+        pops = [set(range(9))] * B
+    n = len(pops[0])
+    sgd = SGD(E, 0.01, 2, batch_size=b, replacement=False, generator=torch.Generator().manual_seed(5))
+    st = sgd.init_state(_weights([3, 3, 4], B, 1))
+    X = end_to_end(st.weights)
+    per_epoch = math.ceil(n / b)
+    orders = []
+    for epoch in range(6):
+        draws = [sgd.sampler.draw(B, sgd.generator, X).idx for _ in range(per_epoch)]
+        assert [d.shape[1] for d in draws] == [b] * (n // b) + ([n % b] if n % b else [])
+        seq = torch.cat(draws, dim=1)  # (B, n): the epoch's order
+        for k in range(B):
+            assert sorted(seq[k].tolist()) == sorted(pops[k])  # every sample exactly once
+        orders.append(seq)
+    # 6 epochs x 4 trajectories: 24 permutations of 7 (or 9) samples, all distinct (a repeat among
+    # 24 uniform permutations has probability < 24^2 / 2 / 7! = 0.06; with this seed there is none)
+    flat = {tuple(o[k].tolist()) for o in orders for k in range(B)}
+    assert len(flat) == 6 * B
+    # steps go through the same sampler: one SGD step per minibatch, the epoch continues across steps
+    assert sgd.sampler.shuffler.pos == n  # 6 whole epochs drawn
+    sgd.step(st)
+    assert sgd.sampler.shuffler.pos == b  # the step started the 7th epoch
+
+
+def test_epoch_permutations_are_uniform():
+    # the first minibatch of an epoch is a uniform subset: each of the n = 9 samples is in it with
+    # probability b/n; K = 20000 trajectories, binomial z-scores, max |z| over 9 samples < 4.5
+    E = _regression()
+    K, b, n = 20000, 3, 9
+    sampler = make_sampler(E, b, False)
+    X = torch.zeros(K, 4, 3, dtype=DTYPE)
+    idx = sampler.draw(K, torch.Generator().manual_seed(2), X).idx
+    counts = torch.bincount(idx.flatten(), minlength=n).to(DTYPE)
+    p = b / n
+    z = (counts - K * p) / math.sqrt(K * p * (1 - p))
+    assert float(z.abs().max()) < 4.5

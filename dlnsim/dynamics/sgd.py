@@ -18,7 +18,16 @@ sum of the h_k. Minibatch estimators (`CompletionSampler`, `RegressionSampler`) 
 sigma = label_noise: fresh Gaussian label noise at every step ("label-noise SGD"; with
 batch_size=None it is added to the full gradient). Each trajectory draws its own minibatch; a
 per-trajectory mask (B, d_out, d_in) samples its own observed entries. batch_size=None: full batch.
-"Without replacement" means within one minibatch (no entry twice in a step); steps are independent.
+
+Sampling without replacement is epoch-wise reshuffling (`EpochShuffler`), as in a data loader:
+at the start of each epoch every trajectory draws a fresh uniform permutation of its n samples,
+and the epoch's minibatches are consecutive slices of b of it, so every sample is used exactly
+once per epoch (ceil(n/b) steps; when b does not divide n the last minibatch of an epoch has
+n mod b samples and its estimator the factor 1/(n mod b)). Each minibatch is marginally a uniform
+subset of its size, so every step is unbiased and its covariance is the finite-population one of
+`dlnsim.gradient_noise`; steps within an epoch are dependent (negatively correlated). The
+permutations and the position in the epoch are part of the scheme's checkpointed cache.
+With replacement, steps are independent.
 
 All randomness comes from `generator`; no host syncs in `step`. The gradient-noise covariance of
 these estimators, and the balancedness drift it causes, are in `dlnsim.gradient_noise`.
@@ -36,7 +45,7 @@ from ..options import Bool, Choice, Int, Num, fail
 from ..network import gradient_from_end_to_end, prefix_products
 from .base import Scheme, State
 
-__all__ = ["LRSchedule", "SCHEDULES", "Minibatch", "CompletionSampler", "RegressionSampler", "make_sampler", "SGD"]
+__all__ = ["LRSchedule", "SCHEDULES", "Minibatch", "EpochShuffler", "CompletionSampler", "RegressionSampler", "make_sampler", "SGD"]
 
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -119,6 +128,40 @@ def _check_batch_size(batch_size, replacement, label_noise):
         raise ValueError(f"label_noise must be a non-negative number (std of the fresh label noise), got {label_noise!r}")
 
 
+class EpochShuffler:
+    """Epoch-wise reshuffling of a population of n samples, per trajectory.
+
+    population: (n,) or (B_p, n) long tensor of sample ids (e.g. flat indices of the observed entries
+    of one mask, or of each trajectory's mask; B_p = 1 or the ensemble's B). `next(B, b, generator,
+    device)` returns (B, b') ids, b' = min(b, n - pos): consecutive slices of a permutation of each
+    trajectory's population, a fresh one (torch.rand(B, n).argsort: uniform) at each epoch start.
+    State: `perm` (B, n) or None, `pos` (a Python int: no host sync); `state()` / `load_state()`.
+    """
+
+    def __init__(self, population: torch.Tensor):
+        self.population = population if population.dim() == 2 else population.unsqueeze(0)
+        self.n = self.population.shape[-1]
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    def next(self, B: int, b: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        if self.perm is None or self.pos >= self.n or self.perm.shape[0] != B or self.perm.device != torch.device(device):
+            self.perm = torch.rand(B, self.n, generator=generator, dtype=torch.float64, device=device).argsort(dim=-1)
+            self.pos = 0
+        part = self.perm[:, self.pos:self.pos + b]
+        self.pos += part.shape[1]
+        pop = self.population
+        if pop.device != part.device:  # copied to the accelerator once, not at every step
+            pop = self.population = pop.to(part.device)
+        return pop.expand(B, -1).gather(1, part) if pop.shape[0] in (1, B) else pop.gather(1, part)
+
+    def state(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load_state(self, d: dict) -> None:
+        self.perm, self.pos = d["perm"], int(d["pos"])
+
+
 class CompletionSampler:
     """Minibatches of observed entries of a MatrixCompletion energy (see the module docstring).
 
@@ -134,11 +177,17 @@ class CompletionSampler:
         if bool((M < 0).any()):
             raise ValueError("the completion mask must be non-negative (0/1 or weights)")
         counts = (M > 0).sum(dim=(-2, -1))
+        self.shuffler = None
         if batch_size is not None and not replacement:
             if not bool(((M == 0) | (M == 1)).all()):
                 raise ValueError("sampling without replacement needs a 0/1 mask (weights are sampled with replacement only)")
             if batch_size > int(counts.min()):
                 raise ValueError(f"batch_size {batch_size} exceeds the {int(counts.min())} observed entries of a mask; lower it or sample with replacement")
+            if int(counts.max()) != int(counts.min()):
+                raise ValueError(f"sampling without replacement (epoch-wise reshuffling) needs the same number of observed entries in every "
+                                 f"trajectory's mask, got {int(counts.min())} to {int(counts.max())}; sample with replacement")
+            flat = M.reshape(-1, M.shape[-2] * M.shape[-1])
+            self.shuffler = EpochShuffler((flat > 0).nonzero()[:, 1].reshape(flat.shape[0], -1))
         self._weights = M.flatten(-2).to(torch.float64)  # (B_m or 1.., d_out d_in): sampling probabilities up to |M|
         self._total = M.sum(dim=(-2, -1))  # |M|: () or (B_m,)
 
@@ -150,14 +199,17 @@ class CompletionSampler:
                 shape = (B,) + tuple(self.energy.target.shape[-2:])
                 noise = torch.randn(shape, generator=generator, dtype=ref.dtype, device=ref.device)
             return Minibatch(None, noise)
-        w = self._weights
-        if w.device != ref.device:  # copied to the accelerator once, not at every step
-            w = self._weights = w.to(ref.device)
-        w = w.expand(B, -1) if w.dim() == 1 or w.shape[0] == 1 else w
-        idx = torch.multinomial(w.reshape(B, -1), self.batch_size, self.replacement, generator=generator)
+        if self.shuffler is not None:
+            idx = self.shuffler.next(B, self.batch_size, generator, ref.device)
+        else:
+            w = self._weights
+            if w.device != ref.device:  # copied to the accelerator once, not at every step
+                w = self._weights = w.to(ref.device)
+            w = w.expand(B, -1) if w.dim() == 1 or w.shape[0] == 1 else w
+            idx = torch.multinomial(w.reshape(B, -1), self.batch_size, True, generator=generator)
         noise = None
         if self.label_noise > 0:
-            noise = torch.randn(B, self.batch_size, generator=generator, dtype=ref.dtype, device=ref.device)
+            noise = torch.randn(B, idx.shape[1], generator=generator, dtype=ref.dtype, device=ref.device)
         return Minibatch(idx, noise)
 
     def grad(self, X: torch.Tensor, mb: Minibatch) -> torch.Tensor:
@@ -176,7 +228,7 @@ class CompletionSampler:
         G = torch.zeros_like(R).scatter_add_(1, mb.idx, vals)
         if self._total.device != X.device or self._total.dtype != X.dtype:  # once per run, not per step
             self._total = self._total.to(device=X.device, dtype=X.dtype)
-        scale = (self._total / self.batch_size).reshape(-1, 1)
+        scale = (self._total / mb.idx.shape[1]).reshape(-1, 1)  # b, or n mod b at the end of an epoch
         return (scale * G).reshape(B, *shape)
 
     def population(self, X: torch.Tensor, trajectory: int = 0):
@@ -218,6 +270,7 @@ class RegressionSampler:
             raise ValueError(f"batch_size {batch_size} exceeds the n = {n} samples; lower it or sample with replacement")
         self.energy, self.batch_size, self.replacement, self.label_noise = energy, batch_size, replacement, float(label_noise)
         self.n = n
+        self.shuffler = EpochShuffler(torch.arange(n, device=A.device)) if batch_size is not None and not replacement else None
 
     def draw(self, B: int, generator: torch.Generator | None, ref: torch.Tensor) -> Minibatch:
         d_out = self.energy.outputs.shape[0]
@@ -227,14 +280,13 @@ class RegressionSampler:
                 noise = torch.randn(B, d_out, self.n, generator=generator, dtype=ref.dtype, device=ref.device)
             return Minibatch(None, noise)
         b = self.batch_size
-        if self.replacement:
+        if self.shuffler is None:
             idx = torch.randint(0, self.n, (B, b), generator=generator, device=ref.device)
         else:
-            w = torch.ones(B, self.n, dtype=torch.float64, device=ref.device)
-            idx = torch.multinomial(w, b, False, generator=generator)
+            idx = self.shuffler.next(B, b, generator, ref.device)
         noise = None
         if self.label_noise > 0:
-            noise = torch.randn(B, b, d_out, generator=generator, dtype=ref.dtype, device=ref.device)
+            noise = torch.randn(B, idx.shape[1], d_out, generator=generator, dtype=ref.dtype, device=ref.device)
         return Minibatch(idx, noise)
 
     def grad(self, X: torch.Tensor, mb: Minibatch) -> torch.Tensor:
@@ -248,7 +300,7 @@ class RegressionSampler:
         R = Ab @ X.mT - Yb
         if mb.noise is not None:
             R = R - self.label_noise * mb.noise
-        return R.mT @ Ab / self.batch_size
+        return R.mT @ Ab / mb.idx.shape[1]  # b, or n mod b at the end of an epoch
 
     def population(self, X: torch.Tensor, trajectory: int = 0):
         """For diagnostics at one X (d_out, d_in): (h (n, d_out, d_in), p (n,), J (n, d_out, d_out, d_in), b, replacement)."""
@@ -271,6 +323,7 @@ class _PlusDeterministic:
     def __init__(self, inner, rest: list[Energy], energy: Energy):
         self.inner, self.rest, self.energy = inner, rest, energy
         self.label_noise, self.batch_size, self.replacement = inner.label_noise, inner.batch_size, inner.replacement
+        self.shuffler = inner.shuffler
 
     def draw(self, B, generator, ref):
         return self.inner.draw(B, generator, ref)
@@ -399,6 +452,20 @@ class SGD(Scheme):
             self.generator = torch.Generator(device=W0.device).manual_seed(seed)
         self._velocity = [torch.zeros_like(W) for W in state.weights] if self.momentum > 0 else None
         return state
+
+    def cache_state(self) -> dict:
+        """The base caches (momentum buffer) and the epoch state of sampling without replacement."""
+        out = super().cache_state()
+        if self.sampler.shuffler is not None:
+            out["_epoch"] = self.sampler.shuffler.state()
+        return out
+
+    def load_cache_state(self, caches: dict) -> None:
+        caches = dict(caches)
+        epoch = caches.pop("_epoch", None)
+        super().load_cache_state(caches)
+        if epoch is not None and self.sampler.shuffler is not None:
+            self.sampler.shuffler.load_state(epoch)
 
     def learning_rate(self, k: int) -> float:
         """h_k = step_size * schedule.factor(k)."""
