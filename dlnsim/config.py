@@ -34,6 +34,7 @@ from .dynamics import INFINITE_DEPTH_SCHEMES
 from .dynamics import SCHEMES as SCHEME_CLASSES
 from .dynamics import scheme_class
 from .energies import ENERGIES as ENERGY_CLASSES
+from .energies import target_matrix
 from .network import read_weight_file
 from .observe import ENTROPY_MEASURED_AUTO_MAX, OBSERVABLES
 from .options import (  # noqa: F401  (re-exported: the checkers were defined here before)
@@ -73,6 +74,7 @@ __all__ = [
     "variant_configs",
     "reference_yaml",
     "parse_override",
+    "input_files",
 ]
 
 # Names of dynamics.scheme and energy.type: the registries' keys (dlnsim.dynamics.SCHEMES, dlnsim.energies.ENERGIES).
@@ -93,6 +95,18 @@ class _Depth:
         if v == math.inf or (isinstance(v, str) and v.strip().lower() in ("inf", ".inf")):
             return math.inf
         return PosInt()(v, path)
+
+
+@dataclass(frozen=True)
+class _NumsOrMatrix:
+    """A non-empty list of numbers >= 0, or a matrix (list of rows), or null."""
+
+    def __call__(self, v, path):
+        if v is None:
+            return None
+        if isinstance(v, (list, tuple)) and v and all(isinstance(r, (list, tuple)) for r in v):
+            return Matrix()(v, path)
+        return NumList(ge=0)(v, path)
 
 
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
@@ -123,8 +137,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "energy": {
         "type": O("matrix_regression", "matrix_regression 1/2||X-Phi||^2 | linear_regression 1/(2n)||XA-Y||^2 | matrix_completion 1/2||mask o (X-Phi)||^2 | weight_decay alpha/2||X||^2",
                   Choice(ENERGIES)),
-        "target": O("random", "Phi: random (U diag(spectrum) V^T, Haar U, V from energy.seed) | diag (diag(spectrum)) | identity | a matrix (d_N x d_0)",
-                    Matrix(words=("random", "diag", "identity"))),
+        "target": O("random", "Phi: random (U diag(spectrum) V^T, Haar U, V from energy.seed) | diag (diag(spectrum)) | identity | file (energy.target_file) | a matrix (d_N x d_0)",
+                    Matrix(words=("random", "diag", "identity", "file"))),
+        "target_file": O(None, "target: file: Phi from a .npy (no pickles), .csv or .txt file of shape (d_N, d_0); relative to the config file; its SHA-256 goes to meta.json",
+                         Str(nullable=True)),
         "spectrum": O(None, "singular values of a random target / diagonal of a diag target; null: (r, r-1, ..., 1) for random, ones for diag",
                       NumList(ge=0, nullable=True)),
         "rank": O(None, "random target: its rank k <= min(d_N, d_0) (spectrum then lists k values, default ones); null: full rank",
@@ -140,9 +156,23 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "alpha": O(1.0, "weight_decay: alpha in alpha/2 ||X||^2", Num(gt=0, hint="a positive weight-decay strength")),
         "n_samples": O(100, "linear_regression synthetic data: number of samples n (inputs A ~ N(0, 1), outputs Y = Phi A + noise)",
                        Int(ge=1)),
-        "noise": O(0.0, "linear_regression synthetic data: output noise std", Num(ge=0)),
-        "data": O(None, "linear_regression: .npz file with inputs (d_0, n) and outputs (d_N, n) instead of synthetic data",
+        "noise": O(0.0, "noise std: linear_regression synthetic data: label noise on the outputs (train and test); matrix_completion: observation noise, "
+                   "observed = mask o (Phi + noise N(0,1)) (test errors stay against the clean Phi)", Num(ge=0)),
+        "noise_seed": O(None, "matrix_completion with noise > 0: seed of the observation noise (null: energy.seed + 1)", Int(ge=0, le=SEED_MAX, nullable=True)),
+        "input_cov": O(None, "linear_regression synthetic data: covariance of the inputs a ~ N(0, input_cov): d_0 variances (diagonal) or a d_0 x d_0 PSD matrix; null: identity",
+                       _NumsOrMatrix()),
+        "n_test": O(None, "linear_regression synthetic data: held-out samples drawn from the same law as the n_samples training ones (observable regression_error)",
+                    Int(ge=1, nullable=True)),
+        "test_fraction": O(None, "linear_regression: hold out this share (in (0, 1)) of the training data, generated or given, chosen at random (instead of n_test or test files)",
+                           Num(gt=0, nullable=True)),
+        "split_seed": O(None, "linear_regression with test_fraction: seed of the random split (null: energy.seed + 2)", Int(ge=0, le=SEED_MAX, nullable=True)),
+        "data": O(None, "linear_regression: .npz file with inputs (d_0, n) and outputs (d_N, n), optionally test_inputs (d_0, m) and test_outputs (d_N, m), instead of synthetic data",
                   Str(nullable=True)),
+        "train_inputs": O(None, "linear_regression: training inputs A (d_0, n; columns are samples) from .npy, .csv or .txt (with train_outputs; instead of energy.data)",
+                          Str(nullable=True)),
+        "train_outputs": O(None, "linear_regression: training outputs Y (d_N, n), .npy, .csv or .txt", Str(nullable=True)),
+        "test_inputs": O(None, "linear_regression: held-out inputs (d_0, m), .npy, .csv or .txt (with test_outputs and train_inputs)", Str(nullable=True)),
+        "test_outputs": O(None, "linear_regression: held-out outputs (d_N, m), .npy, .csv or .txt", Str(nullable=True)),
     },
     "dynamics": {
         "scheme": O("gradient_flow", " | ".join(SCHEMES), Choice(SCHEMES)),
@@ -245,7 +275,21 @@ def _yaml_reason(e: yaml.YAMLError) -> str:
 
 
 # Config keys holding file paths; relative paths are taken relative to the YAML file naming them.
-PATH_KEYS = (("network", "file"), ("energy", "data"))
+PATH_KEYS = (("network", "file"), ("energy", "data"), ("energy", "target_file"), ("energy", "train_inputs"),
+             ("energy", "train_outputs"), ("energy", "test_inputs"), ("energy", "test_outputs"))
+
+
+def input_files(cfg: dict) -> dict:
+    """{dotted key: {path, bytes, sha256}} of every file a (resolved) config reads (PATH_KEYS), for
+    meta.json: with config.yaml (absolute paths) it says exactly which data a run used."""
+    from .safe_io import file_sha256
+
+    out = {}
+    for sec, key in PATH_KEYS:
+        path = (cfg.get(sec) or {}).get(key)
+        if isinstance(path, str) and os.path.isfile(path):
+            out[f"{sec}.{key}"] = {"path": path, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    return out
 
 
 def read_yaml(path: str, what: str = "config file") -> dict:
@@ -277,8 +321,8 @@ def load_config(path_or_dict, overrides=()) -> dict:
     """Read a YAML file (or take a dict), apply dotted overrides, validate and resolve.
 
     overrides: strings 'section.key=value' (value parsed by yaml.safe_load) or (key, value) pairs.
-    Relative file paths in the config (network.file, energy.data) are taken relative to the
-    config file and made absolute. Returns the resolved config (a new dict).
+    Relative file paths in the config (PATH_KEYS: network.file, energy.data, energy.target_file,
+    energy.train_inputs, ...) are taken relative to the config file and made absolute. Returns the resolved config (a new dict).
     """
     if isinstance(path_or_dict, dict):
         raw, base_dir, stem = copy.deepcopy(path_or_dict), os.getcwd(), "run"
@@ -448,13 +492,23 @@ def _energy_rules(en: dict, widths: list[int]) -> None:
         _fail("energy.target", f"must be d_N x d_0 = {d_out}x{d_in} for network widths {widths}, got {len(t)}x{len(t[0])}")
     if t == "identity" and d_in != d_out:
         _fail("energy.target", f"'identity' needs d_N = d_0, network widths are {widths}")
+    if (t == "file") != (en["target_file"] is not None):
+        if t == "file":
+            _fail("energy.target_file", "energy.target is 'file': give the path of a .npy, .csv or .txt file of shape (d_N, d_0)")
+        _fail("energy.target_file", f"only applies to energy.target: file (target is {t if isinstance(t, str) else 'a matrix'}); remove it or set target: file")
+    if t == "file" and ENERGY_CLASSES[en["type"]].has_target:
+        Phi = target_matrix(en, widths)  # reads the file: ConfigError naming energy.target_file
+        if tuple(Phi.shape) != (d_out, d_in):
+            _fail("energy.target_file", f"{en['target_file']} holds a {Phi.shape[0]}x{Phi.shape[1]} matrix; the target must be d_N x d_0 = {d_out}x{d_in} for widths {widths}")
+    if en["noise"] > 0 and en["type"] not in ("linear_regression", "matrix_completion"):
+        _fail("energy.noise", f"applies to linear_regression (label noise) and matrix_completion (observation noise), not {en['type']!r}; remove it")
     if en["rank"] is not None:
         if t != "random":
             _fail("energy.rank", f"only applies to energy.target: random (target is {t if isinstance(t, str) else 'a matrix'})")
         if en["rank"] > min(d_in, d_out):
             _fail("energy.rank", f"must be <= min(d_N, d_0) = {min(d_in, d_out)} for widths {widths}, got {en['rank']}")
     if en["spectrum"] is not None:
-        if isinstance(t, list) or t == "identity":
+        if isinstance(t, list) or t in ("identity", "file"):
             _fail("energy.spectrum", "only applies to energy.target: random or diag")
         need = min(d_in, d_out) if en["rank"] is None else en["rank"]
         if len(en["spectrum"]) != need:

@@ -14,15 +14,15 @@ may cut the batch into blocks). Adding an energy is its class here plus its keys
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import numpy as np
 import torch
 
 from .network import random_orthogonal
-from .tasks import random_mask
-from .options import fail
+from .safe_io import FileRefused, load_array_file
+from .tasks import noisy_observations, random_mask, regression_problem, train_test_split
+from .options import ConfigError, fail
 
 __all__ = [
     "Energy",
@@ -128,32 +128,73 @@ class LinearRegression(Energy):
 
     Evaluated through the sufficient statistics Sigma = A A^T / n, C = Y A^T / n, c = ||Y||^2/(2n):
     E = 1/2 tr(X Sigma X^T) - tr(X C^T) + c, so a step costs O(d^3), not O(d^2 n).
+    test_inputs (d_in, m), test_outputs (d_out, m): held-out data, not in E; the observable
+    `regression_error` reports the error on them (None: no held-out set).
+
+    From a config (`from_config`), the data are, in this order of precedence: energy.data (.npz with
+    inputs, outputs and optionally test_inputs, test_outputs), energy.train_inputs / train_outputs
+    (and test_inputs / test_outputs; .npy, .csv or .txt), or synthetic: a ~ N(0, input_cov),
+    y = Phi a + noise * xi with Phi the energy's target (the teacher), n_samples training samples and
+    n_test held-out ones drawn from the same law (generator seeded with energy.seed + 1; the training
+    set does not depend on n_test). energy.test_fraction then holds out that share of the training
+    data, chosen at random (seed energy.split_seed, null: energy.seed + 2).
     """
 
     name = "linear_regression"
-    config_keys = ("data",)
+    config_keys = ("data", "train_inputs", "train_outputs", "test_inputs", "test_outputs", "n_test", "test_fraction",
+                   "split_seed", "input_cov")
     has_target = True  # the synthetic data's Phi
     batch_free = True
 
     @classmethod
     def from_config(cls, section, widths):
-        if section["data"] is not None:
-            with np.load(section["data"]) as z:
-                A = torch.as_tensor(z["inputs"], dtype=torch.float64)
-                Y = torch.as_tensor(z["outputs"], dtype=torch.float64)
-            return cls(A, Y)
-        Phi = target_matrix(section, widths)
-        g = torch.Generator().manual_seed(section["seed"] + 1)
-        A = torch.randn(Phi.shape[1], section["n_samples"], dtype=torch.float64, generator=g)
-        Y = Phi @ A + section["noise"] * torch.randn(Phi.shape[0], section["n_samples"], dtype=torch.float64, generator=g)
-        return cls(A, Y)
+        A, Y, At, Yt = _regression_data(section, widths)
+        return cls(A, Y, At, Yt)
 
     @classmethod
     def check_config(cls, section, widths):
-        if section["data"] is not None:
-            _check_data_file(section["data"], widths[0], widths[-1])
+        files = [k for k in _DATA_FILE_KEYS if section[k] is not None]
+        if section["data"] is not None and files:
+            fail(f"energy.{files[0]}", "give the data either as energy.data (.npz) or as train_inputs/train_outputs files, not both")
+        given = section["data"] is not None or bool(files)
+        for a, b in (("train_inputs", "train_outputs"), ("test_inputs", "test_outputs")):
+            if (section[a] is None) != (section[b] is None):
+                have, miss = (a, b) if section[a] is not None else (b, a)
+                fail(f"energy.{miss}", f"energy.{have} is given: give energy.{miss} too (inputs (d_0, n) and outputs (d_N, n))")
+        if section["test_inputs"] is not None and section["train_inputs"] is None:
+            fail("energy.test_inputs", "held-out files need training files: give energy.train_inputs and train_outputs")
+        if given:
+            for k in ("n_test", "input_cov"):
+                if section[k] is not None:
+                    fail(f"energy.{k}", "only applies to synthetic data (no energy.data or train_inputs files); remove it")
+        data = _given_data(section, widths)  # reads and checks the files
+        n = section["n_samples"] if data is None else data[0].shape[1]
+        has_test = section["n_test"] is not None if data is None else data[2] is not None
+        if section["test_fraction"] is not None:
+            if not section["test_fraction"] < 1:
+                fail("energy.test_fraction", f"must be in (0, 1) (the held-out share), got {section['test_fraction']}")
+            if has_test:
+                src = "energy.n_test" if section["n_test"] is not None else "the held-out data given"
+                fail("energy.test_fraction", f"a held-out set is already given ({src}); give one of the two")
+            m = int(round(section["test_fraction"] * n))
+            if not 1 <= m <= n - 1:
+                fail("energy.test_fraction", f"{section['test_fraction']} of n = {n} samples leaves an empty train or test set")
+        elif section["split_seed"] is not None:
+            fail("energy.split_seed", "only applies with energy.test_fraction (a random train/test split)")
+        cov = section["input_cov"]
+        if cov is not None:
+            d_in = widths[0]
+            C = torch.tensor(cov, dtype=torch.float64)
+            if C.shape not in ((d_in,), (d_in, d_in)):
+                fail("energy.input_cov", f"give d_0 = {d_in} variances (diagonal covariance) or a {d_in}x{d_in} matrix, got shape {tuple(C.shape)}")
+            if C.dim() == 2:
+                scale = float(C.abs().max()) or 1.0
+                if float((C - C.T).abs().max()) > 1e-12 * scale:
+                    fail("energy.input_cov", "must be symmetric")
+                if float(torch.linalg.eigvalsh(C).min()) < -1e-12 * scale:
+                    fail("energy.input_cov", "must be positive semi-definite (a covariance)")
 
-    def __init__(self, inputs, outputs):
+    def __init__(self, inputs, outputs, test_inputs=None, test_outputs=None):
         A = _as_matrix(inputs, "inputs")
         Y = _as_matrix(outputs, "outputs")
         if A.shape[-1] != Y.shape[-1]:
@@ -167,6 +208,15 @@ class LinearRegression(Energy):
         self.cross = Y @ A.mT / n
         self.const = _sq(Y) / (2 * n)
         self.shape = (Y.shape[-2], A.shape[-2])
+        if (test_inputs is None) != (test_outputs is None):
+            raise ValueError("give both test_inputs (d_in, m) and test_outputs (d_out, m), or neither")
+        self.test_inputs = self.test_outputs = None
+        if test_inputs is not None:
+            At, Yt = _as_matrix(test_inputs, "test_inputs"), _as_matrix(test_outputs, "test_outputs")
+            if At.shape[-2] != A.shape[-2] or Yt.shape[-2] != Y.shape[-2] or At.shape[-1] != Yt.shape[-1]:
+                raise ValueError(f"test_inputs {tuple(At.shape)} and test_outputs {tuple(Yt.shape)} must be (d_in, m) = "
+                                 f"({A.shape[-2]}, m) and (d_out, m) = ({Y.shape[-2]}, m)")
+            self.test_inputs, self.test_outputs = At, Yt
 
     def value_and_grad(self, X):
         XS = X @ self.sigma
@@ -183,10 +233,15 @@ class MatrixCompletion(Energy):
 
     target, mask: (d_out, d_in) or (B, d_out, d_in) each; a batched mask is one mask per trajectory
     (random masks: `dlnsim.tasks.random_mask(..., batch=B)`), and its B must be the ensemble's.
+    target is what is observed (what E fits); truth: the clean matrix the observations are noisy
+    copies of (default: target), against which test errors are measured (observable
+    `completion_error`). From a config with energy.noise = sigma > 0: target = mask o (Phi + sigma xi),
+    xi i.i.d. N(0, 1) from energy.noise_seed (null: energy.seed + 1), one draw per trajectory with
+    per-trajectory masks, and truth = Phi.
     """
 
     name = "matrix_completion"
-    config_keys = ("mask", "mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")
+    config_keys = ("mask", "mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory", "noise_seed")
     has_target = True
     aligned_start = True
     batch_free = True  # for shared masks (a per-trajectory mask has a batch dim: see dynamics.gradient._batch_free)
@@ -207,6 +262,10 @@ class MatrixCompletion(Energy):
             mask = 1.0 - torch.eye(d_out, d_in, dtype=torch.float64)
         else:
             mask = torch.tensor(m, dtype=torch.float64)
+        if section["noise"] > 0:
+            seed = section["noise_seed"] if section["noise_seed"] is not None else (section["seed"] + 1) % 2**64
+            observed = noisy_observations(Phi, mask, section["noise"], generator=torch.Generator().manual_seed(seed))
+            return cls(observed, mask, truth=Phi)
         return cls(Phi, mask)
 
     @classmethod
@@ -220,6 +279,8 @@ class MatrixCompletion(Energy):
             bad = [v for row in m for v in row if v not in (0, 1)]
             if bad:
                 fail("energy.mask", f"entries must be 0 (hidden) or 1 (observed), got {bad[0]!r}")
+        if section["noise_seed"] is not None and not section["noise"] > 0:
+            fail("energy.noise_seed", "only applies with energy.noise > 0 (noisy observations); set energy.noise or remove it")
         random_keys = ("mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")
         if m != "random":
             for k in random_keys:
@@ -234,12 +295,15 @@ class MatrixCompletion(Energy):
         if count is not None and count > d_out * d_in:
             fail("energy.mask_count", f"must be <= d_N d_0 = {d_out * d_in}, got {count}")
 
-    def __init__(self, target, mask):
+    def __init__(self, target, mask, truth=None):
         self.target = _as_matrix(target, "target")
         self.mask = _as_matrix(mask, "mask").to(self.target.dtype)
         if self.mask.shape[-2:] != self.target.shape[-2:]:
             raise ValueError(f"mask shape {tuple(self.mask.shape)} must match target shape {tuple(self.target.shape)}")
         self.shape = tuple(self.target.shape[-2:])
+        self.truth = self.target if truth is None else _as_matrix(truth, "truth").to(self.target.dtype)
+        if self.truth.shape[-2:] != self.shape:
+            raise ValueError(f"truth shape {tuple(self.truth.shape)} must match target shape {tuple(self.target.shape)}")
 
     def value_and_grad(self, X):
         R = self.mask * (X - self.target)
@@ -337,7 +401,7 @@ ENERGIES: dict[str, type[Energy]] = {
 def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:
     """The target matrix Phi (d_N, d_0) of a resolved `energy:` section (float64, CPU).
 
-    energy.target: a matrix | identity | diag (diag(spectrum), ones by default) | random
+    energy.target: a matrix | file (energy.target_file: .npy, .csv or .txt) | identity | diag (diag(spectrum), ones by default) | random
     (U diag(spectrum) V^T, Haar U, V from energy.seed, independent of the dynamics' generator and
     device; spectrum (r, r-1, ..., 1) by default, r = min(d_N, d_0)). energy.rank k (random
     target): a rank-k target, spectrum of k values (default ones), the other singular values 0.
@@ -351,6 +415,8 @@ def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:
         spectrum = torch.cat([s, s.new_zeros(r - k)]).tolist()
     if isinstance(t, list):
         return torch.tensor(t, dtype=torch.float64)
+    if t == "file":
+        return torch.as_tensor(_read_array(section["target_file"], "energy.target_file"))
     if t == "identity":
         return torch.eye(d_out, d_in, dtype=torch.float64)
     if t == "diag":
@@ -365,24 +431,102 @@ def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:
     return (U * s) @ V.T
 
 
-def _check_data_file(path: str, d_in: int, d_out: int) -> None:
-    if not os.path.isfile(path):
-        fail("energy.data", f"no such file {path}")
+_DATA_FILE_KEYS = ("train_inputs", "train_outputs", "test_inputs", "test_outputs")
+
+
+def _read_array(path: str, key: str):
+    """A 2-D float64 numpy array from a .npy / .csv / .txt file named by config key `key`."""
+    try:
+        return load_array_file(path, key, ndim=(2,))
+    except FileRefused as e:
+        fail(key, str(e).split(": ", 1)[1] if str(e).startswith(key + ": ") else str(e))
+
+
+def _npz_data(path: str) -> tuple:
+    """inputs, outputs, test_inputs, test_outputs (the last two None if absent) of an energy.data archive."""
     import zipfile
 
+    from .safe_io import MAX_ARRAY_BYTES, _regular_file
+
+    try:
+        size = _regular_file(path, "energy.data")
+    except FileRefused as e:
+        fail("energy.data", str(e).split(": ", 1)[1])
+    if size > MAX_ARRAY_BYTES:
+        fail("energy.data", f"{path} has {size} bytes, more than the {MAX_ARRAY_BYTES} a data file may have")
     try:
         with np.load(path, allow_pickle=False) as z:
-            A, Y = z["inputs"], z["outputs"]
-    except KeyError:
-        fail("energy.data", f"{path} must hold arrays 'inputs' (d_0, n) and 'outputs' (d_N, n)")
+            if "inputs" not in z.files or "outputs" not in z.files:
+                fail("energy.data", f"{path} must hold arrays 'inputs' (d_0, n) and 'outputs' (d_N, n)")
+            if ("test_inputs" in z.files) != ("test_outputs" in z.files):
+                fail("energy.data", f"{path} holds only one of 'test_inputs' and 'test_outputs'; give both or neither")
+            arrays = tuple(z[k] if k in z.files else None for k in ("inputs", "outputs", "test_inputs", "test_outputs"))
+    except ConfigError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         why = "not an .npz archive of numeric arrays" if "pickle" in str(e) else str(e).splitlines()[0][:120]
         fail("energy.data", f"cannot read {path}: {why}")
-    if A.ndim != 2 or Y.ndim != 2 or A.shape[0] != d_in or Y.shape[0] != d_out or A.shape[1] != Y.shape[1]:
-        fail("energy.data", f"inputs {A.shape} and outputs {Y.shape} must be ({d_in}, n) and ({d_out}, n) for the network widths")
+    if not isinstance(arrays[0], np.ndarray):
+        fail("energy.data", f"cannot read {path}: not an .npz archive of numeric arrays")
+    return arrays
+
+
+def _check_pair(A, Y, d_in, d_out, keys: tuple[str, str], where: str) -> None:
+    """Shapes, type and finiteness of inputs A (d_in, n), outputs Y (d_out, n); fail naming keys."""
+    for arr, key, d in ((A, keys[0], d_in), (Y, keys[1], d_out)):
+        if arr.ndim != 2 or arr.shape[0] != d:
+            fail(key, f"{where}: must be ({d}, n) for the network widths (columns are samples), got shape {arr.shape}")
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            fail(key, f"{where}: must be a numeric array, got {arr.dtype}")
+        if not np.isfinite(arr).all():
+            fail(key, f"{where} has non-finite entries (NaN or inf); give finite data")
+    if A.shape[1] != Y.shape[1]:
+        fail(keys[1], f"{where}: {A.shape[1]} input samples but {Y.shape[1]} outputs; give the same number of columns n")
     if A.shape[1] == 0:
-        fail("energy.data", f"{path} holds no samples (n = 0); give at least one column of inputs and outputs")
-    if not (np.issubdtype(A.dtype, np.number) and np.issubdtype(Y.dtype, np.number)):
-        fail("energy.data", f"inputs and outputs in {path} must be numeric arrays, got {A.dtype} and {Y.dtype}")
-    if not (np.isfinite(A).all() and np.isfinite(Y).all()):
-        fail("energy.data", f"{path} has non-finite entries (NaN or inf) in inputs or outputs; give finite data")
+        fail(keys[0], f"{where}: holds no samples (n = 0); give at least one column")
+
+
+def _given_data(section: dict, widths: list[int]):
+    """(A, Y, A_test, Y_test) float64 tensors from energy.data or the train/test files (test None if
+    not given), shapes and values checked (ConfigError naming the key); None for synthetic data."""
+    d_in, d_out = widths[0], widths[-1]
+    t = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    if section["data"] is not None:
+        A, Y, At, Yt = _npz_data(section["data"])
+        _check_pair(A, Y, d_in, d_out, ("energy.data", "energy.data"), f"{section['data']} inputs/outputs")
+        if At is not None:
+            _check_pair(At, Yt, d_in, d_out, ("energy.data", "energy.data"), f"{section['data']} test_inputs/test_outputs")
+        return tuple(map(t, (A, Y, At, Yt)))
+    if section["train_inputs"] is not None:
+        A, Y = (_read_array(section[k], f"energy.{k}") for k in ("train_inputs", "train_outputs"))
+        _check_pair(A, Y, d_in, d_out, ("energy.train_inputs", "energy.train_outputs"), "training data")
+        At = Yt = None
+        if section["test_inputs"] is not None:
+            At, Yt = (_read_array(section[k], f"energy.{k}") for k in ("test_inputs", "test_outputs"))
+            _check_pair(At, Yt, d_in, d_out, ("energy.test_inputs", "energy.test_outputs"), "held-out data")
+        return tuple(map(t, (A, Y, At, Yt)))
+    return None
+
+
+def _regression_data(section: dict, widths: list[int]):
+    """(A, Y, A_test, Y_test) float64 tensors of a resolved linear_regression section (test None if
+    there is no held-out set): given or synthetic data, then the train/test split if asked for."""
+    d_in, d_out = widths[0], widths[-1]
+    given = _given_data(section, widths)
+    if given is not None:
+        A, Y, At, Yt = given
+    else:
+        Phi = target_matrix(section, widths)
+        g = torch.Generator().manual_seed((section["seed"] + 1) % 2**64)
+        cov = section["input_cov"]
+        # the training set is drawn first, so that it does not depend on n_test (1: drawn and dropped)
+        prob = regression_problem(d_in, d_out, section["n_samples"], section["n_test"] or 1, teacher=Phi,
+                                  input_cov=None if cov is None else torch.tensor(cov, dtype=torch.float64),
+                                  label_noise=section["noise"], generator=g)
+        A, Y = prob.inputs, prob.outputs
+        At, Yt = (prob.test_inputs, prob.test_outputs) if section["n_test"] is not None else (None, None)
+    if section["test_fraction"] is not None:
+        seed = section["split_seed"] if section["split_seed"] is not None else (section["seed"] + 2) % 2**64
+        split = train_test_split(A, Y, section["test_fraction"], seed=seed)
+        A, Y, At, Yt = split.inputs, split.outputs, split.test_inputs, split.test_outputs
+    return A, Y, At, Yt

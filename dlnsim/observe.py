@@ -17,8 +17,13 @@ arrays, each with the batch dim first, when it applies to the state, and the run
                                   (||X - X_ref||_F where X_ref = 0)
     norms             (B,) each   nuclear_norm, frobenius_norm, spectral_norm of X   (not recorded unless asked for)
     effective_rank    (B,)        exp of the entropy of s/||s||_1 (Roy & Vetterli)  (not recorded unless asked for)
-    completion_error  (B,) each   matrix_completion: test_error (unobserved entries), train_error (observed),
-                                  reconstruction_error (all entries), relative to energy.target on those entries
+    completion_error  (B,) each   matrix_completion: test_error ||(1-M) o (X - Phi)|| / ||(1-M) o Phi|| (unobserved
+                                  entries, against the clean target Phi = energy.truth), reconstruction_error
+                                  (all entries, against Phi), train_error ||M o (X - O)|| / ||M o O|| (observed
+                                  entries, against what was observed, O = energy.target: Phi + noise there)
+    regression_error  (B,) each   linear_regression: train_error ||X A - Y||_F / ||Y||_F on the training data,
+                                  test_error the same on the held-out data (when there are any: energy.n_test,
+                                  test_fraction, test files); test labels carry the same label noise as train
     <stat>            (B,)        every counter the scheme keeps in state.stats
 
 `Observer.measure(state, reference)` evaluates the included entries in registry order. The
@@ -40,7 +45,7 @@ from ._checks import as_beta
 from .dynamics.base import State
 from .energies import Energy
 from .entropy import entropy_from_singular_values, orbit_log_volume
-from .metrics import completion_errors, effective_rank_from_singular_values
+from .metrics import completion_errors, effective_rank_from_singular_values, regression_errors
 from .network import balancedness
 
 __all__ = ["Observer", "Observable", "Context", "OBSERVABLES", "ENTROPY_MEASURED_AUTO_MAX", "default_include"]
@@ -148,13 +153,28 @@ def _norms(ctx: Context) -> dict:
 
 
 def _completion_error(ctx: Context) -> dict:
-    e = completion_errors(ctx.X, ctx.energy.target, ctx.energy.mask)
-    return {"test_error": e["test_error_rel"], "train_error": e["train_error_rel"],
-            "reconstruction_error": e["reconstruction_error_rel"]}
+    E = ctx.energy
+    truth = getattr(E, "truth", E.target)
+    e = completion_errors(ctx.X, truth, E.mask)
+    # train error against the observations (noisy where energy.noise > 0); the same as against truth without noise
+    train = e["train_error_rel"] if truth is E.target else completion_errors(ctx.X, E.target, E.mask)["train_error_rel"]
+    return {"test_error": e["test_error_rel"], "train_error": train, "reconstruction_error": e["reconstruction_error_rel"]}
 
 
 def _is_completion(ctx: Context) -> bool:
     return getattr(type(ctx.energy), "name", None) == "matrix_completion"
+
+
+def _regression_error(ctx: Context) -> dict:
+    E = ctx.energy
+    out = {"train_error": regression_errors(ctx.X, E.inputs, E.outputs)["rel_error"]}
+    if getattr(E, "test_inputs", None) is not None:
+        out["test_error"] = regression_errors(ctx.X, E.test_inputs, E.test_outputs)["rel_error"]
+    return out
+
+
+def _is_regression(ctx: Context) -> bool:
+    return getattr(type(ctx.energy), "name", None) == "linear_regression"
 
 
 _ENTRIES = (
@@ -176,6 +196,7 @@ _ENTRIES = (
     Observable("effective_rank", lambda c: {"effective_rank": effective_rank_from_singular_values(c.singular_values)},
                figure="implicit_regularization", default=False),
     Observable("completion_error", _completion_error, _is_completion, figure="implicit_regularization", default=False),
+    Observable("regression_error", _regression_error, _is_regression, figure="implicit_regularization", default=False),
 )
 OBSERVABLES: dict[str, Observable] = {o.name: o for o in _ENTRIES}
 

@@ -103,7 +103,7 @@ def memory_estimate(cfg: dict) -> tuple[float, dict[str, float], str]:
         # streamed to disk (dlnsim.record_store): a chunk in memory and its copy, plus the save times
         parts["records"] = 2.0 * (CHUNK_BYTES + B * q * 8) + T * 16.0
     if en.get("type") == "linear_regression":
-        n = int(en.get("n_samples") or 0) if not en.get("data") else 0
+        n = int(en.get("n_samples") or 0) + int(en.get("n_test") or 0) if not (en.get("data") or en.get("train_inputs")) else 0
         if n:
             parts["data"] = float(widths[0] + widths[-1]) * n * 8 * 2 + float(B) * widths[-1] * n * s * 3
     total = sum(parts.values())

@@ -207,7 +207,8 @@ def energy_title(cfg: dict) -> str:
     if kind == "matrix_regression":
         return rf"$E=\frac{{1}}{{2}}\|X-\Phi\|^2$ ($\Phi$: {en['target'] if isinstance(en['target'], str) else 'given'})"
     if kind == "linear_regression":
-        return r"$E=\frac{1}{2n}\|XA-Y\|^2$" + f" (n={en['n_samples']})"
+        given = en.get("data") or en.get("train_inputs")
+        return r"$E=\frac{1}{2n}\|XA-Y\|^2$" + (" (data from files)" if given else f" (n={en['n_samples']})")
     if kind == "matrix_completion":
         return r"$E=\frac{1}{2}\|M\circ(X-\Phi)\|^2$"
     return f"E: {kind}"

@@ -49,7 +49,7 @@ from .builders import (  # noqa: F401  (the factories are part of this module's 
     build_simulation,
     device_dtype,
 )
-from .config import ConfigError, validate, variant_configs
+from .config import ConfigError, input_files, validate, variant_configs
 from .lifecycle import EXIT_CODES, Status, StopSignal, kill_with_default
 from .network import read_weight_file  # noqa: F401
 from .run_theory import saxe_reference, theory_arrays  # noqa: F401
@@ -338,6 +338,9 @@ def _new_meta(cfg: dict, kind: str) -> dict:
     meta = R.environment()
     meta.update(kind=kind, study=kind == "study", device=str(device), dtype=str(dtype).replace("torch.", ""),
                 seed=cfg["dynamics"]["seed"], start_time=R.now(), status=Status.RUNNING)
+    files = input_files(cfg)  # the data files read (path, size, SHA-256): config.yaml names them by absolute path
+    if files:
+        meta["input_files"] = files
     return meta
 
 

@@ -19,6 +19,11 @@ file and the reason, so that the command line reports it as a user error (exit 2
   recursive alias, `MAX_YAML_BYTES` bytes, UTF-8 text without NUL bytes.
 - `load_torch_tensors`: torch.load(weights_only=True) (torch's restricted unpickler: tensors and
   plain containers only), every failure turned into one line.
+- `load_array_file`: a numeric array from .npy (`np.load(allow_pickle=False)`), .csv (comma
+  separated) or .txt (whitespace separated): a regular file (not a folder, device or pipe) of at
+  most `MAX_ARRAY_BYTES` (.npy) / `MAX_TEXT_ARRAY_BYTES` (.csv, .txt: parsing costs ~10x the
+  bytes in memory) bytes, checked before reading; numeric, finite, of the expected dimensions.
+  `file_sha256` fingerprints such a file for the result folder (meta.json `input_files`).
 """
 from __future__ import annotations
 
@@ -41,6 +46,11 @@ __all__ = [
     "MAX_NODES",
     "MAX_DEPTH",
     "MAX_YAML_BYTES",
+    "load_array_file",
+    "file_sha256",
+    "MAX_ARRAY_BYTES",
+    "MAX_TEXT_ARRAY_BYTES",
+    "ARRAY_SUFFIXES",
 ]
 
 FORMAT = "dlnsim-checkpoint"
@@ -50,6 +60,9 @@ MAX_ALIASES = 100
 MAX_NODES = 10**6
 MAX_DEPTH = 100
 MAX_YAML_BYTES = 4 * 2**20
+MAX_ARRAY_BYTES = 2 * 2**30  # a data file is read whole into memory: 2 GiB of float64 is 2.7e8 numbers
+MAX_TEXT_ARRAY_BYTES = 256 * 2**20
+ARRAY_SUFFIXES = (".npy", ".csv", ".txt")
 
 
 class FileRefused(ValueError):
@@ -478,3 +491,87 @@ def load_yaml_file(path: str, what: str = "config file"):
         raise FileRefused(f"{path}: not a text (UTF-8) YAML {what}") from None
     return load_yaml_text(text, path)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric arrays (targets, regression data): .npy without pickles, .csv, .txt
+# ---------------------------------------------------------------------------------------------
+
+
+def _regular_file(path: str, what: str) -> int:
+    """The size of `path` if it is a regular file (symbolic links followed); FileRefused otherwise."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileRefused(f"{what}: no such file {path}") from None
+    except OSError as e:
+        raise FileRefused(f"{what}: cannot read {path} ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileRefused(f"{what}: {path} is a folder; give a .npy, .csv or .txt file")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRefused(f"{what}: {path} is not a regular file (a device, pipe or socket); give a .npy, .csv or .txt file")
+    return st.st_size
+
+
+def load_array_file(path: str, what: str = "file", ndim: tuple[int, ...] = (2,)) -> np.ndarray:
+    """A finite float64 array from .npy (no pickles), .csv or .txt, with ndim in `ndim`.
+
+    what: the config key (or name) every FileRefused message starts with. Size bounds, the file
+    kind and the suffix are checked before anything is read.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise FileRefused(f"{what}: {path} must be a .npy, .csv or .txt file (got {suffix or 'no suffix'!r})")
+    size = _regular_file(path, what)
+    limit = MAX_ARRAY_BYTES if suffix == ".npy" else MAX_TEXT_ARRAY_BYTES
+    if size > limit:
+        raise FileRefused(f"{what}: {path} has {size} bytes, more than the {limit} a {suffix} data file may have; "
+                          + ("give a smaller array" if suffix == ".npy" else "save large data as .npy"))
+    try:
+        if suffix == ".npy":
+            with open(path, "rb") as f:
+                if _is_pickle(f.read(4)):
+                    raise FileRefused(f"{what}: {path} is a Python pickle, not a .npy array; not loaded (unpickling can run code)")
+            arr = np.load(path, allow_pickle=False)
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # an empty file is a warning in numpy: make it an error
+                arr = np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2, dtype=np.float64)
+    except FileRefused:
+        raise
+    except (OSError, ValueError, EOFError, UserWarning) as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if "allow_pickle" in msg or "Object arrays" in msg:
+            msg = "it holds Python objects (pickled); not loaded (unpickling can run code)"
+        raise FileRefused(f"{what}: cannot read {path} as a numeric array ({msg})") from None
+    if not isinstance(arr, np.ndarray):
+        raise FileRefused(f"{what}: {path} holds an archive, not one array; give a .npy file of one array")
+    if arr.dtype.hasobject or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+                                   or arr.dtype == np.bool_):
+        raise FileRefused(f"{what}: {path} holds {arr.dtype} values; give real numbers")
+    if arr.ndim not in ndim:
+        want = " or ".join(f"{n}-D" for n in ndim)
+        raise FileRefused(f"{what}: {path} holds a {arr.ndim}-D array of shape {arr.shape}; give a {want} array")
+    if arr.size == 0:
+        raise FileRefused(f"{what}: {path} holds an empty array (shape {arr.shape})")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise FileRefused(f"{what}: {path} has a non-finite entry (NaN or inf) at index {tuple(int(i) for i in bad)}; give finite data")
+    return arr
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()

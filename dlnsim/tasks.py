@@ -17,14 +17,15 @@ its seed. Files are read without unpickling (`load_matrix`).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .network import orthonormal_columns
+from .safe_io import load_array_file
 
 __all__ = [
     "SPECTRA",
@@ -282,23 +283,8 @@ def train_test_split(
     return RegressionProblem(inputs[:, tr], outputs[:, tr], inputs[:, te], outputs[:, te], None)
 
 
-def load_matrix(path: str | Path, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A matrix from .npy (no pickles), .csv or .txt (whitespace or comma separated): a target, mask or data."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"matrix file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix in (".csv", ".txt"):
-            arr = np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2)
-        else:
-            raise ValueError(f"matrix file {str(path)!r}: use .npy, .csv or .txt")
-    except (OSError, ValueError) as e:
-        if "use .npy" in str(e):
-            raise
-        raise ValueError(f"matrix file {str(path)!r} could not be read as a numeric matrix: {e}") from None
-    if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-        raise ValueError(f"matrix file {str(path)!r} must hold a finite numeric (d_out, d_in) or (B, d_out, d_in) array, got shape {arr.shape}")
-    return torch.as_tensor(arr, dtype=dtype)
+def load_matrix(path: str | Path, dtype: torch.dtype = torch.float64, what: str = "matrix file") -> torch.Tensor:
+    """A matrix (2-D) or batch of matrices (3-D) from .npy (no pickles), .csv or .txt (whitespace
+    separated): a target, mask or data. Read by `dlnsim.safe_io.load_array_file` (regular files of
+    bounded size, finite numbers); errors are one line starting with `what`."""
+    return torch.as_tensor(load_array_file(os.fspath(path), what, ndim=(2, 3)), dtype=dtype)

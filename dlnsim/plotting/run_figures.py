@@ -213,8 +213,11 @@ def _fig_implicit_regularization(cfg, a):
         r = min(cfg["network"]["widths"][0], cfg["network"]["widths"][-1])
         panels.append((f"effective rank (of at most {r})", [("effective_rank", None)]))
     panels.append(("loss $E(X)$", [("loss", None)]))
-    if "test_error" in a:
-        panels.append(("relative error on entries", [("test_error", "unobserved (test)"), ("train_error", "observed (train)")]))
+    if "test_error" in a or "train_error" in a:
+        if cfg["energy"]["type"] == "linear_regression":
+            panels.append(("relative error $\\|XA-Y\\|/\\|Y\\|$", [(k, lab) for k, lab in (("test_error", "held-out (test)"), ("train_error", "train")) if k in a]))
+        else:
+            panels.append(("relative error on entries", [("test_error", "unobserved (test)"), ("train_error", "observed (train)")]))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False)
     t = a["t"]
     later = t > 0  # log time axis

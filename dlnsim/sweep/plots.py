@@ -295,7 +295,7 @@ def _completion_summary(points, axis_keys: list[str]):
         key = repr(sorted(en.items())) + repr(energy.mask.shape)
         if key not in cache:
             nn = min_nuclear_norm_completion(energy.target * energy.mask, energy.mask, tol=1e-5)
-            err = completion_errors(nn.X, energy.target, energy.mask)["reconstruction_error_rel"]
+            err = completion_errors(nn.X, getattr(energy, "truth", energy.target), energy.mask)["reconstruction_error_rel"]
             cache[key] = (float(err.mean()), float(effective_rank(nn.X).mean()), bool(nn.converged))
         er = float(np.mean(a["effective_rank"][-1])) if "effective_rank" in a else float("nan")
         rows.append({**{k: r[k] for k in axis_keys}, "observed": int(energy.mask[0].sum() if energy.mask.dim() == 3 else energy.mask.sum()),
