@@ -216,6 +216,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "metrics": O("auto", "metrics.csv: full (one row per save point x trajectory) | summary (one row per save point x quantity [x beta]: "
                      "ensemble n, mean, std, min, q05, q25, median, q75, q95, max) | off | auto (full up to 100000 rows = saves x trajectories, summary above)",
                      Choice(("auto", "full", "summary", "off"))),
+        "metrics_every": O(1, "metrics.csv keeps every k-th save point (0, k, 2k, ... and the last), full or summary; arrays.npz keeps them all", Int(ge=1)),
         "records": O("auto", "where the records grow during a run: memory | disk (records/*.npy chunks, bounded memory; folded into arrays.npz at the end) | "
                      "auto (disk when the records would exceed 256 MiB)", Choice(("auto", "memory", "disk"))),
         "showcase": O(None, "also copy the headline figure (PNG) to this path, inside <output.dir>/showcase/ (e.g. results/showcase/saxe_modes.png; elsewhere only with --allow-showcase-anywhere)",

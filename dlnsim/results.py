@@ -6,7 +6,8 @@ Layout of a run folder (`dlnsim run`):
     meta.json       versions, git commit, device, dtype, seed, times, command line, and `status`
                     (running -> completed | interrupted | diverged | failed), written LAST
     metrics.csv     tidy scalars (output.metrics): full, one row per save point x trajectory; summary,
-                    one row per save point x quantity with ensemble n, mean, std, min, quantiles, max
+                    one row per save point x quantity with ensemble n, mean, std, min, quantiles, max;
+                    output.metrics_every k: only save points 0, k, 2k, ... and the last
     arrays.npz      t (T,), step (T,), observables (T, B, ...), beta (B,), theory curves
     checkpoint.pt   state, generator state and records so far (while a run can still be resumed)
     records/        only while a large run is under way or interrupted (output.records): the records
@@ -50,6 +51,7 @@ __all__ = [
     "write_arrays_streamed",
     "metric_columns",
     "metrics_mode",
+    "thinned_saves",
     "save_checkpoint",
     "load_checkpoint",
     "environment",
@@ -214,20 +216,56 @@ def _row_blocks(arrays: dict[str, np.ndarray], rows: int):
         yield {k: (v[a:a + rows] if k != "beta" and v.shape[:1] == (T,) else v) for k, v in arrays.items()}
 
 
-def write_metrics(run_dir: str, arrays: dict[str, np.ndarray] | None = None, *, mode: str = "full", blocks=None) -> str | None:
+def thinned_saves(T: int, every: int) -> np.ndarray:
+    """Indices of the save points metrics.csv keeps with output.metrics_every = k: 0, k, 2k, ... and the last."""
+    keep = np.arange(0, T, max(1, every))
+    return keep if T == 0 or keep[-1] == T - 1 else np.append(keep, T - 1)
+
+
+def _thin(block: dict[str, np.ndarray], offset: int, total: int, every: int) -> dict[str, np.ndarray]:
+    """The rows of a block of save points (global indices offset..offset+T-1 of total) that thinning keeps."""
+    T = block["t"].shape[0]
+    g = np.arange(offset, offset + T)
+    sel = (g % every == 0) | (g == total - 1)
+    return {k: (v[sel] if k != "beta" and v.shape[:1] == (T,) else v) for k, v in block.items()}
+
+
+def _block_rows(arrays: dict[str, np.ndarray]) -> int:
+    """Save points per block: about 10^6 rows (save points x trajectories) at a time."""
+    return max(1, 1_000_000 // max(1, next(v.shape[1] for k, v in arrays.items() if k not in ("t", "step", "beta") and v.ndim >= 2)))
+
+
+def _thinned_blocks(blocks, total: int, every: int):
+    offset = 0
+    for block in blocks:
+        T = block["t"].shape[0]
+        yield _thin(block, offset, total, every)
+        offset += T
+
+
+def write_metrics(run_dir: str, arrays: dict[str, np.ndarray] | None = None, *, mode: str = "full", blocks=None,
+                  every: int = 1, total: int | None = None) -> str | None:
     """metrics.csv (mode full: one row per save point x trajectory, columns of `metric_columns`;
     summary: one row per save point x quantity [x beta], the columns SUMMARY_STATS over the
     trajectories; off: no file). The records come as `arrays` or as an iterable of blocks of save
     points (`blocks`, e.g. from a record store, each a dict of arrays sliced along the save axis
-    plus beta), written one block at a time. Returns the path written, or None."""
+    plus beta), written one block at a time. every = k > 1 (output.metrics_every) keeps the save
+    points 0, k, 2k, ... and the last (`thinned_saves`; total: the number of save points, needed
+    with blocks); arrays.npz always keeps them all. Returns the path written, or None."""
     path = os.path.join(run_dir, METRICS)
+    if every > 1:
+        if arrays is not None:
+            total = arrays["t"].shape[0]
+        if total is None:
+            raise ValueError("write_metrics: thinning blocks needs total (the number of save points)")
+        blocks = _thinned_blocks(blocks if blocks is not None else _row_blocks(arrays, _block_rows(arrays)), total, every)
+        arrays = None
     if mode == "off":
         if os.path.exists(path):
             os.remove(path)
         return None
     if blocks is None:
-        blocks = _row_blocks(arrays, max(1, 1_000_000 // max(1, next(v.shape[1] for k, v in arrays.items()
-                                                                       if k not in ("t", "step", "beta") and v.ndim >= 2))))
+        blocks = _row_blocks(arrays, _block_rows(arrays))
 
     def write(f):
         first = True

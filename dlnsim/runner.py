@@ -152,11 +152,12 @@ def _extra_arrays(cfg: dict, t: np.ndarray) -> dict[str, np.ndarray]:
 
 def _write_records(cfg: dict, run_dir: str, sim: Simulation) -> None:
     """arrays.npz and metrics.csv (output.metrics), from memory or streamed from the record store."""
-    mode = R.metrics_mode(cfg["output"]["metrics"], sim.n_saved, batch_size(cfg))
+    every = cfg["output"]["metrics_every"]
+    mode = R.metrics_mode(cfg["output"]["metrics"], len(R.thinned_saves(sim.n_saved, every)), batch_size(cfg))
     if sim.store is None:
         arrays = _arrays(cfg, sim)
         R.write_arrays(run_dir, arrays)
-        R.write_metrics(run_dir, arrays, mode=mode)
+        R.write_metrics(run_dir, arrays, mode=mode, every=every)
         return
     sim.flush()
     t = np.asarray(sim.times, dtype=np.float64)
@@ -169,7 +170,7 @@ def _write_records(cfg: dict, run_dir: str, sim: Simulation) -> None:
             block.update({k: (v if k == "beta" else v[start:start + n]) for k, v in extra.items()})
             yield block
 
-    R.write_metrics(run_dir, mode=mode, blocks=blocks())
+    R.write_metrics(run_dir, mode=mode, blocks=blocks(), every=every, total=sim.n_saved)
 
 
 def _arrays(cfg: dict, sim: Simulation) -> dict[str, np.ndarray]:

@@ -197,6 +197,32 @@ def test_metrics_summary_and_off(tmp_path):
         assert float(r["max"]) == pytest.approx(x.max(), rel=1e-8, abs=1e-12)
 
 
+@pytest.mark.parametrize("records", ["memory", "disk"])
+def test_metrics_every_thins_the_csv(tmp_path, monkeypatch, records):
+    # output.metrics_every k keeps the save points 0, k, 2k, ... and the last: the thinned files are
+    # exactly those rows of the full ones (full and summary, in memory and streamed in one-row chunks)
+    monkeypatch.setattr(runner, "RECORD_CHUNK_BYTES", 1)
+    out = {}
+    for mode in ("full", "summary"):
+        for every in (1, 4):
+            d = str(tmp_path / f"{mode}{every}")
+            cfg = load_config(config("gradient_descent", steps=28, records=records, metrics=mode, metrics_every=every))
+            assert run(cfg, d, quiet=True).status == "completed"
+            with open(os.path.join(d, "metrics.csv")) as f:
+                out[mode, every] = f.read().splitlines()
+            assert arrays(d)["step"].tolist() == list(range(0, 28, 3)) + [28]  # arrays.npz keeps every save point
+    kept = {"0", "12", "24", "28"}  # saves at steps 0, 3, ..., 27 and the final 28 (11 points): indices 0, 4, 8, 10
+    for mode in ("full", "summary"):
+        full, thin = out[mode, 1], out[mode, 4]
+        assert thin[0] == full[0]
+        assert thin[1:] == [r for r in full[1:] if r.split(",")[0] in kept]
+        assert {r.split(",")[0] for r in thin[1:]} == kept
+    from dlnsim.results import thinned_saves
+
+    assert thinned_saves(10, 4).tolist() == [0, 4, 8, 9] and thinned_saves(9, 4).tolist() == [0, 4, 8]
+    assert thinned_saves(1, 5).tolist() == [0] and thinned_saves(5, 1).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_metrics_auto_threshold():
     from dlnsim.results import METRICS_FULL_MAX_ROWS, metrics_mode
 
