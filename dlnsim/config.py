@@ -240,6 +240,8 @@ def _option(path: str) -> Option:
     parts = path.split(".")
     if parts[0] not in SCHEMA:
         _fail(parts[0], f"unknown section; {_did_you_mean(parts[0], SCHEMA)}")
+    if len(parts) == 3 and parts[:2] == ["dynamics", "options"] and parts[2]:
+        return SCHEMA["dynamics"]["options"]  # one scheme option (checked by the scheme's option_spec)
     if len(parts) != 2:
         _fail(path, f"give a key as section.key, e.g. {parts[0]}.{next(iter(SCHEMA[parts[0]]))}")
     if parts[1] not in SCHEMA[parts[0]]:
@@ -260,8 +262,17 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def set_key(cfg: dict, dotted: str, value) -> dict:
-    """Set cfg[section][key] = value in place (unknown section or key: ConfigError); returns cfg."""
+    """Set cfg[section][key] = value in place (unknown section or key: ConfigError); returns cfg.
+
+    dynamics.options.<name> sets one scheme option and keeps the others (an override or sweep axis
+    such as dynamics.options.batch_size); the option name is checked with the scheme's options."""
     _option(dotted)
+    if dotted.count(".") == 2:
+        if not isinstance(cfg.get("dynamics"), dict):
+            cfg["dynamics"] = {}
+        opts = cfg["dynamics"].get("options")
+        cfg["dynamics"]["options"] = dict(opts if isinstance(opts, dict) else {}, **{dotted.split(".")[2]: value})
+        return cfg
     sec, key = dotted.split(".")
     if not isinstance(cfg.get(sec), dict):
         cfg[sec] = {}

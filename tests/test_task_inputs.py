@@ -290,3 +290,67 @@ def test_result_folder_records_the_files_it_read(tmp_path):
     r = load_run(out.run_dir)
     assert r.config["energy"]["train_inputs"] == str(tmp_path / "A.npy")  # absolute: the folder reruns on its own
     assert r["test_error"].shape == (3, 2) and r["train_error"].shape == (3, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# sweeps over the axes of implicit-regularization studies
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sweep_over_mask_count_mask_seed_init_std_and_batch_size():
+    # a 2x2x2x2 grid: every point gets the mask its own (count, seed) draw, its init std, its batch
+    # size, and (seed_mode derived, the default) a dynamics.seed of its own; each point runs 4 SGD steps
+    from dlnsim.sweep import load_sweep
+    from dlnsim.tasks import random_mask
+
+    base = {
+        "network": {"widths": [4, 4, 4], "init": "gaussian", "std": 0.01},
+        "energy": {"type": "matrix_completion", "target": "random", "rank": 1, "mask": "random", "mask_count": 8},
+        "dynamics": {"scheme": "sgd", "step_size": 0.1, "steps": 4, "ensemble": 2, "seed": 3,
+                     "options": {"batch_size": 2, "label_noise": 0.1}},
+        "observers": {"every": 2, "include": ["loss", "completion_error"]},
+        "output": {"figures": False},
+    }
+    axes = {"energy.mask_count": [6, 10], "energy.mask_seed": [1, 2], "network.std": [0.01, 0.1],
+            "dynamics.options.batch_size": [2, 4]}
+    points = load_sweep({"base": base, "axes": axes}).points
+    assert len(points) == 16 and points[0].name == "000_mask_count=6_mask_seed=1_std=0.01_batch_size=2"
+    assert len({p.config["dynamics"]["seed"] for p in points}) == 16  # distinct per-point seeds
+    finals = []
+    for p in points:
+        v = p.values
+        assert p.config["dynamics"]["options"] == {"batch_size": v["dynamics.options.batch_size"], "label_noise": 0.1}
+        sim, _ = build_simulation(p.config)
+        E = sim.scheme.energy
+        # the mask is the (count, seed) draw itself: exactly mask_count observed entries
+        direct = random_mask((4, 4), count=v["energy.mask_count"], seed=v["energy.mask_seed"])
+        assert torch.equal(E.mask, direct) and int(E.mask.sum()) == v["energy.mask_count"]
+        assert sim.scheme.sampler.batch_size == v["dynamics.options.batch_size"]
+        # the initial weights have the point's std: 2 layers x 2 trajectories x 16 = 64 N(0, std^2) entries,
+        # sample std / std within 5 standard errors (SE ~ 1/sqrt(2 x 64) = 0.09)
+        W = torch.cat([w.flatten() for w in sim.state.weights])
+        assert abs(float(W.std()) / v["network.std"] - 1) < 5 / math.sqrt(2 * 64)
+        mb = sim.scheme.sampler.draw(2, torch.Generator().manual_seed(0), sim.state.weights[0])
+        assert mb.idx.shape == (2, v["dynamics.options.batch_size"])
+        assert bool((E.mask.flatten()[mb.idx] == 1).all())  # minibatches are observed entries
+        sim.run(4)
+        finals.append(sim.arrays()["loss"][-1])
+    masks = {(p.values["energy.mask_count"], p.values["energy.mask_seed"]):
+             random_mask((4, 4), count=p.values["energy.mask_count"], seed=p.values["energy.mask_seed"]) for p in points}
+    assert not torch.equal(masks[6, 1], masks[6, 2]) and not torch.equal(masks[10, 1], masks[10, 2])
+    assert len({tuple(f.tolist()) for f in finals}) == 16  # every point ran its own trajectory
+    # seed_mode common: the same dynamics.seed everywhere, so the std axis scales the same draw exactly
+    common = load_sweep({"base": base, "axes": {"network.std": [0.01, 0.1]}, "seed_mode": "common"}).points
+    w0, w1 = (build_simulation(p.config)[0].state.weights for p in common)
+    assert all(torch.allclose(b, 10 * a, rtol=1e-14, atol=0) for a, b in zip(w0, w1))
+
+
+def test_one_scheme_option_as_an_override():
+    base = _completion()
+    base["dynamics"].update(scheme="sgd", options={"batch_size": 2, "label_noise": 0.1})
+    cfg = C.load_config(base, ["dynamics.options.batch_size=4"])
+    assert cfg["dynamics"]["options"]["batch_size"] == 4 and cfg["dynamics"]["options"]["label_noise"] == 0.1
+    with pytest.raises(ConfigError, match="batch_sise"):  # the scheme's option check names the unknown option
+        C.load_config(base, ["dynamics.options.batch_sise=4"])
+    with pytest.raises(ConfigError, match="give a key as section.key"):
+        C.load_config(base, ["dynamics.options.batch_size.x=4"])
