@@ -34,7 +34,7 @@ from .dynamics import INFINITE_DEPTH_SCHEMES
 from .dynamics import SCHEMES as SCHEME_CLASSES
 from .dynamics import scheme_class
 from .energies import ENERGIES as ENERGY_CLASSES
-from .energies import target_matrix
+from .energies import check_target_file
 from .network import read_weight_file
 from .observe import ENTROPY_MEASURED_AUTO_MAX, OBSERVABLES
 from .options import (  # noqa: F401  (re-exported: the checkers were defined here before)
@@ -47,6 +47,7 @@ from .options import (  # noqa: F401  (re-exported: the checkers were defined he
     NameList,
     Num,
     NumList,
+    NumsOrMatrix,
     Option,
     PosInt,
     Str,
@@ -97,18 +98,6 @@ class _Depth:
         return PosInt()(v, path)
 
 
-@dataclass(frozen=True)
-class _NumsOrMatrix:
-    """A non-empty list of numbers >= 0, or a matrix (list of rows), or null."""
-
-    def __call__(self, v, path):
-        if v is None:
-            return None
-        if isinstance(v, (list, tuple)) and v and all(isinstance(r, (list, tuple)) for r in v):
-            return Matrix()(v, path)
-        return NumList(ge=0)(v, path)
-
-
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 MAX_DEPTH = 10**6  # beyond this even a list of widths is large; no run of such depth fits in memory anyway
 
@@ -139,8 +128,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                   Choice(ENERGIES)),
         "target": O("random", "Phi: random (U diag(spectrum) V^T, Haar U, V from energy.seed) | diag (diag(spectrum)) | identity | file (energy.target_file) | a matrix (d_N x d_0)",
                     Matrix(words=("random", "diag", "identity", "file"))),
-        "target_file": O(None, "target: file: Phi from a .npy (no pickles), .csv or .txt file of shape (d_N, d_0); relative to the config file; its SHA-256 goes to meta.json",
-                         Str(nullable=True)),
+        "target_file": O(None, "target: file: Phi from a .npy (no pickles), .csv or .txt file of shape (d_N, d_0); relative to the config file; its SHA-256 goes to meta.json", Str(nullable=True)),
         "spectrum": O(None, "singular values of a random target / diagonal of a diag target; null: (r, r-1, ..., 1) for random, ones for diag",
                       NumList(ge=0, nullable=True)),
         "rank": O(None, "random target: its rank k <= min(d_N, d_0) (spectrum then lists k values, default ones); null: full rank",
@@ -159,17 +147,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "noise": O(0.0, "noise std: linear_regression synthetic data: label noise on the outputs (train and test); matrix_completion: observation noise, "
                    "observed = mask o (Phi + noise N(0,1)) (test errors stay against the clean Phi)", Num(ge=0)),
         "noise_seed": O(None, "matrix_completion with noise > 0: seed of the observation noise (null: energy.seed + 1)", Int(ge=0, le=SEED_MAX, nullable=True)),
-        "input_cov": O(None, "linear_regression synthetic data: covariance of the inputs a ~ N(0, input_cov): d_0 variances (diagonal) or a d_0 x d_0 PSD matrix; null: identity",
-                       _NumsOrMatrix()),
-        "n_test": O(None, "linear_regression synthetic data: held-out samples drawn from the same law as the n_samples training ones (observable regression_error)",
-                    Int(ge=1, nullable=True)),
-        "test_fraction": O(None, "linear_regression: hold out this share (in (0, 1)) of the training data, generated or given, chosen at random (instead of n_test or test files)",
-                           Num(gt=0, nullable=True)),
+        "input_cov": O(None, "linear_regression synthetic data: covariance of the inputs a ~ N(0, input_cov): d_0 variances (diagonal) or a d_0 x d_0 PSD matrix; null: identity", NumsOrMatrix()),
+        "n_test": O(None, "linear_regression synthetic data: held-out samples drawn from the same law as the n_samples training ones (observable regression_error)", Int(ge=1, nullable=True)),
+        "test_fraction": O(None, "linear_regression: hold out this share (in (0, 1)) of the training data, generated or given, chosen at random (instead of n_test or test files)", Num(gt=0, nullable=True)),
         "split_seed": O(None, "linear_regression with test_fraction: seed of the random split (null: energy.seed + 2)", Int(ge=0, le=SEED_MAX, nullable=True)),
         "data": O(None, "linear_regression: .npz file with inputs (d_0, n) and outputs (d_N, n), optionally test_inputs (d_0, m) and test_outputs (d_N, m), instead of synthetic data",
                   Str(nullable=True)),
-        "train_inputs": O(None, "linear_regression: training inputs A (d_0, n; columns are samples) from .npy, .csv or .txt (with train_outputs; instead of energy.data)",
-                          Str(nullable=True)),
+        "train_inputs": O(None, "linear_regression: training inputs A (d_0, n; columns are samples) from .npy, .csv or .txt (with train_outputs; instead of energy.data)", Str(nullable=True)),
         "train_outputs": O(None, "linear_regression: training outputs Y (d_N, n), .npy, .csv or .txt", Str(nullable=True)),
         "test_inputs": O(None, "linear_regression: held-out inputs (d_0, m), .npy, .csv or .txt (with test_outputs and train_inputs)", Str(nullable=True)),
         "test_outputs": O(None, "linear_regression: held-out outputs (d_N, m), .npy, .csv or .txt", Str(nullable=True)),
@@ -294,14 +278,10 @@ PATH_KEYS = (("network", "file"), ("energy", "data"), ("energy", "target_file"),
 def input_files(cfg: dict) -> dict:
     """{dotted key: {path, bytes, sha256}} of every file a (resolved) config reads (PATH_KEYS), for
     meta.json: with config.yaml (absolute paths) it says exactly which data a run used."""
-    from .safe_io import file_sha256
+    from .safe_io import file_record
 
-    out = {}
-    for sec, key in PATH_KEYS:
-        path = (cfg.get(sec) or {}).get(key)
-        if isinstance(path, str) and os.path.isfile(path):
-            out[f"{sec}.{key}"] = {"path": path, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-    return out
+    paths = {f"{sec}.{key}": (cfg.get(sec) or {}).get(key) for sec, key in PATH_KEYS}
+    return {k: file_record(p) for k, p in paths.items() if isinstance(p, str) and os.path.isfile(p)}
 
 
 def read_yaml(path: str, what: str = "config file") -> dict:
@@ -504,14 +484,7 @@ def _energy_rules(en: dict, widths: list[int]) -> None:
         _fail("energy.target", f"must be d_N x d_0 = {d_out}x{d_in} for network widths {widths}, got {len(t)}x{len(t[0])}")
     if t == "identity" and d_in != d_out:
         _fail("energy.target", f"'identity' needs d_N = d_0, network widths are {widths}")
-    if (t == "file") != (en["target_file"] is not None):
-        if t == "file":
-            _fail("energy.target_file", "energy.target is 'file': give the path of a .npy, .csv or .txt file of shape (d_N, d_0)")
-        _fail("energy.target_file", f"only applies to energy.target: file (target is {t if isinstance(t, str) else 'a matrix'}); remove it or set target: file")
-    if t == "file" and ENERGY_CLASSES[en["type"]].has_target:
-        Phi = target_matrix(en, widths)  # reads the file: ConfigError naming energy.target_file
-        if tuple(Phi.shape) != (d_out, d_in):
-            _fail("energy.target_file", f"{en['target_file']} holds a {Phi.shape[0]}x{Phi.shape[1]} matrix; the target must be d_N x d_0 = {d_out}x{d_in} for widths {widths}")
+    check_target_file(en, widths, ENERGY_CLASSES[en["type"]].has_target)
     if en["noise"] > 0 and en["type"] not in ("linear_regression", "matrix_completion"):
         _fail("energy.noise", f"applies to linear_regression (label noise) and matrix_completion (observation noise), not {en['type']!r}; remove it")
     if en["rank"] is not None:

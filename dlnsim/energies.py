@@ -34,6 +34,7 @@ __all__ = [
     "SumEnergy",
     "ENERGIES",
     "target_matrix",
+    "check_target_file",
 ]
 
 
@@ -396,6 +397,20 @@ class SumEnergy(Energy):
 ENERGIES: dict[str, type[Energy]] = {
     cls.name: cls for cls in (MatrixRegression, LinearRegression, MatrixCompletion, WeightDecay)
 }
+
+
+def check_target_file(section: dict, widths: list[int], used: bool = True) -> None:
+    """energy.target: file and energy.target_file go together; the file holds a (d_N, d_0) matrix
+    (read when the energy uses a target, `used`). ConfigError naming energy.target_file."""
+    t, d_in, d_out = section["target"], widths[0], widths[-1]
+    if (t == "file") != (section["target_file"] is not None):
+        if t == "file":
+            fail("energy.target_file", "energy.target is 'file': give the path of a .npy, .csv or .txt file of shape (d_N, d_0)")
+        fail("energy.target_file", f"only applies to energy.target: file (target is {t if isinstance(t, str) else 'a matrix'}); remove it or set target: file")
+    if t == "file" and used:
+        Phi = target_matrix(section, widths)
+        if tuple(Phi.shape) != (d_out, d_in):
+            fail("energy.target_file", f"{section['target_file']} holds a {Phi.shape[0]}x{Phi.shape[1]} matrix; the target must be d_N x d_0 = {d_out}x{d_in} for widths {widths}")
 
 
 def target_matrix(section: dict, widths: list[int]) -> torch.Tensor:

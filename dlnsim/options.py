@@ -175,6 +175,18 @@ class NumList:
 
 
 @dataclass(frozen=True)
+class NumsOrMatrix:
+    """A non-empty list of numbers >= 0 (e.g. variances), or a matrix (list of rows), or null."""
+
+    def __call__(self, v, path):
+        if v is None:
+            return None
+        if isinstance(v, (list, tuple)) and v and all(isinstance(r, (list, tuple)) for r in v):
+            return Matrix()(v, path)
+        return NumList(ge=0)(v, path)
+
+
+@dataclass(frozen=True)
 class Matrix:
     """A matrix as a list of equal-length lists of numbers, or one of `words`."""
     words: tuple = ()

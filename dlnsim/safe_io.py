@@ -48,6 +48,7 @@ __all__ = [
     "MAX_YAML_BYTES",
     "load_array_file",
     "file_sha256",
+    "file_record",
     "MAX_ARRAY_BYTES",
     "MAX_TEXT_ARRAY_BYTES",
     "ARRAY_SUFFIXES",
@@ -564,6 +565,11 @@ def load_array_file(path: str, what: str = "file", ndim: tuple[int, ...] = (2,))
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise FileRefused(f"{what}: {path} has a non-finite entry (NaN or inf) at index {tuple(int(i) for i in bad)}; give finite data")
     return arr
+
+
+def file_record(path: str) -> dict:
+    """{path, bytes, sha256} of a file: what meta.json keeps of each input file of a run."""
+    return {"path": path, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
 def file_sha256(path: str) -> str:
