@@ -165,8 +165,8 @@ class LinearRegression(Energy):
         if section["test_inputs"] is not None and section["train_inputs"] is None:
             fail("energy.test_inputs", "held-out files need training files: give energy.train_inputs and train_outputs")
         if given:
-            for k in ("n_test", "input_cov"):
-                if section[k] is not None:
+            for k in ("n_test", "input_cov", "noise"):
+                if section[k] is not None and section[k] != 0:
                     fail(f"energy.{k}", "only applies to synthetic data (no energy.data or train_inputs files); remove it")
         data = _given_data(section, widths)  # reads and checks the files
         n = section["n_samples"] if data is None else data[0].shape[1]

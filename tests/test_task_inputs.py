@@ -250,6 +250,7 @@ def test_regression_data_errors(tmp_path):
         ({"train_inputs": "A.npy", "train_outputs": "Y5.npy"}, "energy.train_outputs: training data: 6 input samples but 5"),
         ({"test_inputs": "A.npy", "test_outputs": "Y.npy"}, "energy.test_inputs: held-out files need training files"),
         ({"train_inputs": "A.npy", "train_outputs": "Y.npy", "n_test": 3}, "energy.n_test: only applies to synthetic data"),
+        ({"train_inputs": "A.npy", "train_outputs": "Y.npy", "noise": 0.1}, "energy.noise: only applies to synthetic data"),
         ({"train_inputs": "A.npy", "train_outputs": "Y.npy", "data": "half.npz"}, "energy.train_inputs: give the data either"),
         ({"data": "half.npz"}, "energy.data: .* only one of 'test_inputs' and 'test_outputs'"),
         ({"n_test": 3, "test_fraction": 0.5}, "energy.test_fraction: a held-out set is already given"),
