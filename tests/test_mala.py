@@ -190,6 +190,21 @@ def test_float32_time_scale_and_beta_tensor(d):
     assert 0.3 < acc[torch.float64] < 1.0, acc  # measured 0.49 (d = 3) .. 0.7 (d = 2) in the transient from a Gaussian start
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_starts_at_zero_and_rank_deficient_X(d):
+    # pi vanishes at X = 0 (d >= 2: the K_ij of two zero singular values are 0), so log pi(X) = -inf there
+    # and the first proposal is accepted (log ratio +inf); rank-one starts have finite log pi (one zero).
+    X0 = torch.zeros(8, d, d)
+    X0[4:, 0, 0] = 1.0
+    sch = MetropolisRLE(WeightDecay(1.0), 0.1, 3, 1.0, generator=torch.Generator().manual_seed(0))
+    st = sch.init_state(X=X0)
+    for _ in range(10):
+        sch.step(st)
+    assert bool(torch.isfinite(st.X).all())
+    assert bool((st.stats["accepted"][:4] >= 1).all())  # every chain left 0
+    assert bool((torch.linalg.svdvals(st.X)[:, -1] > 0).all())
+
+
 def test_validation():
     with pytest.raises(ValueError, match="time_scale"):
         MetropolisRLE(WeightDecay(1.0), 0.1, 2, 1.0, time_scale="x")
