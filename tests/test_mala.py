@@ -194,8 +194,11 @@ def test_float32_time_scale_and_beta_tensor(d):
 def test_starts_at_zero_and_rank_deficient_X(d):
     # pi vanishes at X = 0 (d >= 2: the K_ij of two zero singular values are 0), so log pi(X) = -inf there
     # and the first proposal is accepted (log ratio +inf); rank-one starts have finite log pi (one zero).
-    X0 = torch.zeros(8, d, d)
-    X0[4:, 0, 0] = 1.0
+    X0 = torch.zeros(12, d, d)
+    X0[4:8, 0, 0] = 1.0
+    X0[8:] = torch.eye(d)  # repeated singular values: the pair kernels at coincident x (log ratio must be finite)
+    p = MetropolisRLE(WeightDecay(1.0), 0.1, 3, 1.0)._current(X0[8:])
+    assert bool(torch.isfinite(p.force).all() & torch.isfinite(p.r).all() & torch.isfinite(p.log_S).all())
     sch = MetropolisRLE(WeightDecay(1.0), 0.1, 3, 1.0, generator=torch.Generator().manual_seed(0))
     st = sch.init_state(X=X0)
     for _ in range(10):

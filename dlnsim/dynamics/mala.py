@@ -113,7 +113,8 @@ def layer_proposal_log_density(Y_to: torch.Tensor, Y_from: torch.Tensor, energy:
                                hc: float) -> torch.Tensor:
     """log q(Y_to | Y_from) of the Euler-Maruyama proposal, up to the constant -d^2/2 log(4 pi hc / beta) + d/2 log N.
 
-    Computed from the SVD of Y_from alone (no carried values): the oracle of the step's acceptance ratio.
+    Computed afresh from the SVD of Y_from (no carried values); tests/test_mala.py checks it against the dense
+    d^2 x d^2 Gaussian whose covariance is the pullback J^{-1} A J^{-T} of the metric operator.
     """
     U, x, Vh = torch.linalg.svd(Y_from)
     V = Vh.mT
