@@ -49,6 +49,7 @@ from .dynamics import (  # noqa: F401
     GradientDescent,
     GradientFlow,
     MetropolisLangevin,
+    MetropolisRLE,
     ProjectedLangevin,
     RiemannianLangevin,
     Scheme,

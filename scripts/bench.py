@@ -28,9 +28,11 @@ machine do not inflate it; --clock wall for elapsed time):
      as the form a user would write.
  (f) the small-matrix kernels of dlnsim.small_svd against torch.linalg.svd (d = 2, 3, 4; B = 256,
      1024, 4096; with their backward errors), and the RLE and Metropolis steps at d = 2, 3 with those
-     kernels against the same steps inside small_svd.lapack_only().
+     kernels against the same steps inside small_svd.lapack_only(); the MetropolisRLE step against the
+     RLE step it adjusts (per chain-step, d = 2, 3, N = 2, 3).
  (g) time to accuracy (issue 13): for the stationary law of E = ||X||^2/2, beta = 1 at d = 2, 3 and
-     N = 2, 3, each scheme (RLE in both charts, projected, Metropolis, and torchsde running the RLE in
+     N = 2, 3, each scheme (RLE in both charts, projected, Metropolis on the balanced manifold, the
+     Metropolis-adjusted RLE MetropolisRLE, and torchsde running the RLE in
      the layer chart, the same Markov chain as dlnsim's default RLE) at the largest step size of a
      ladder whose bias (against dlnsim.gibbs.SingularValueLaw) is within 1% + 2 standard errors:
      the CPU time to estimate <s_min> and <||X||^2> to 1% relative standard error (the measured
@@ -642,6 +644,27 @@ def bench_small(timer: Timer, device, dtype, quick: bool) -> list[dict]:
                   f"-> {t['lapack'] / t['small']:5.2f}x  (backward {be:.0e} vs {be_l:.0e})")
     energy = WeightDecay(1.0)
     B = 1024
+    from dlnsim.dynamics.mala import MetropolisRLE
+
+    for d in (2, 3):
+        for N in (2, 3):
+            # The Metropolis-adjusted RLE against the plain RLE step (its proposal): the price of the test.
+            X0 = torch.randn(B, d, d, dtype=dtype, device=device, generator=g)
+            pair = {}
+            # h as in (g) (the plain RLE diverges at h = 0.1, N = 3 over a timing run; its cost does not depend on h)
+            for name, cls, h in (("mrle", MetropolisRLE, 0.1), ("rle", RiemannianLangevin, 0.005)):
+                sch = cls(energy, h, N, 1.0, generator=torch.Generator(device=device).manual_seed(1))
+                pair[name] = (sch, sch.init_state(X=X0))
+            t = timer.run({k: (lambda s=s: s[0].step(s[1])) for k, s in pair.items()}, repeats=None if not quick else 3)
+            acc = float(pair["mrle"][1].stats["accepted"].sum() / pair["mrle"][1].stats["proposals"].sum())
+            rows.append(dict(
+                item="f", case=f"MetropolisRLE step d={d} N={N} B={B}", d=d, N=N, B=B,
+                dlnsim_s=t["mrle"] / B, baseline_s=t["rle"] / B, ratio=t["rle"] / t["mrle"], target=None, cmp=">=",
+                check=f"baseline: RiemannianLangevin (layer chart) step at h = 0.005, its proposal; MetropolisRLE at h = 0.1, acceptance {acc:.2f}",
+                note="per chain-step; MetropolisRLE against the RLE step it adjusts (ratio < 1: the cost of the test)",
+            ))
+            print(f"  (f) MetropolisRLE d={d} N={N}: {t['mrle'] / B * 1e6:7.2f} us/chain-step, RLE {t['rle'] / B * 1e6:7.2f} "
+                  f"-> {t['rle'] / t['mrle']:.2f}x", flush=True)
     for d in (2, 3):
         for N in (2, 3):
             X0 = torch.randn(B, d, d, dtype=dtype, device=device, generator=g)
@@ -692,7 +715,11 @@ TTA_SCHEMES = {
     "RLE end_to_end": (0.01,),
     "ProjectedLangevin": (0.01,),  # slower per step than the RLE at equal bias order: one rung
     "MetropolisLangevin": (0.2, 0.1, 0.05),
+    # Metropolis-adjusted RLE (the layer-chart Euler step as proposal): exact at any h, so the ladder runs
+    # to large steps; h = 0.4 is usually rejected for its burn-in (2 time units are 5 steps at acceptance ~0.3).
+    "MetropolisRLE": (0.4, 0.2, 0.1, 0.05),
 }
+UNBIASED = ("MetropolisLangevin", "MetropolisRLE")  # no step-size bias: every h is run, the fastest unbiased kept
 TTA_TORCHSDE = "torchsde (RLE layer chart)"
 
 
@@ -701,6 +728,7 @@ def _tta_run(kind: str, d: int, N: int, h: float, B: int, T: float, T_burn: floa
     X0 ~ Gaussian; returns (s_min, ||X||^2) samples (n_obs, B) thinned to ~0.05 time units, the CPU
     time of the measured part (steps only, observation excluded), the number of steps, and extra info."""
     from dlnsim.dynamics.langevin import MetropolisLangevin, ProjectedLangevin
+    from dlnsim.dynamics.mala import MetropolisRLE
     from dlnsim.dynamics.rle import RiemannianLangevin
 
     energy = WeightDecay(1.0)
@@ -726,8 +754,11 @@ def _tta_run(kind: str, d: int, N: int, h: float, B: int, T: float, T_burn: floa
         X = from_layer_coordinates(ys[1:].reshape(-1, B, d, d), N)
         s = torch.linalg.svdvals(X)
         return s[..., -1], (X * X).sum(dim=(-2, -1)), cpu, n, info
-    if kind.startswith("RLE"):
-        scheme = RiemannianLangevin(energy, h, N, 1.0, generator=g, chart="layer" if kind == "RLE layer" else "end_to_end")
+    if kind.startswith("RLE") or kind == "MetropolisRLE":
+        if kind == "MetropolisRLE":
+            scheme = MetropolisRLE(energy, h, N, 1.0, generator=g)
+        else:
+            scheme = RiemannianLangevin(energy, h, N, 1.0, generator=g, chart="layer" if kind == "RLE layer" else "end_to_end")
         state = scheme.init_state(X=X0)
         get_X = lambda: state.X  # noqa: E731
     else:
@@ -748,7 +779,9 @@ def _tta_run(kind: str, d: int, N: int, h: float, B: int, T: float, T_burn: floa
             obs_s.append(s[..., -1])
             obs_x.append((X * X).sum(dim=(-2, -1)))
     st = state.stats
-    if "accepted" in st:
+    if "accepted" in st and "projection_failures" not in st:
+        info = f"acceptance {float(st['accepted'].sum() / st['proposals'].sum()):.3f}, {1e6 * cpu / (n * B):.2f} us per chain-step"
+    elif "accepted" in st:
         info = (f"acceptance {float(st['accepted'].sum() / st['proposals'].sum()):.3f}, projection failures "
                 f"{int(st['projection_failures'].sum())}, reverse failures {int(st['reverse_failures'].sum())}")
     elif "projection_failures" in st:
@@ -803,7 +836,7 @@ def bench_tta(timer: Timer, device, dtype, quick: bool) -> list[dict]:
                           f"(se {st['s_min']['se'] / refs['s_min']:.2%}), ||X||^2 {st['X2']['bias'] / refs['X2']:+.2%} "
                           f"(se {st['X2']['se'] / refs['X2']:.2%}) {'ok' if ok else 'BIASED'}; time to 1% "
                           f"{max(v['time_to_1pct'] for v in st.values()):.2f} s; cpu {cpu:.1f} s / {n} steps {info}", flush=True)
-                    if ok and kind != "MetropolisLangevin":
+                    if ok and kind not in UNBIASED:
                         break
             # torchsde runs the same chain as "RLE layer" (Euler-Maruyama in the layer chart, the unbiased-at-
             # small-h form of the RLE): at that scheme's h, so that both have the same bias.

@@ -114,7 +114,8 @@ def test_sigterm_from_outside_leaves_a_resumable_folder(tmp_path):
     assert_identical(arrays(full), arrays(str(part)))
 
 
-@pytest.mark.parametrize("scheme", ["langevin_projected", "langevin_metropolis", "langevin_unprojected", "gradient_flow"])
+@pytest.mark.parametrize("scheme", ["langevin_projected", "langevin_metropolis", "langevin_unprojected", "gradient_flow",
+                                    "rle_metropolis"])
 def test_interrupt_and_resume_in_process_is_bit_identical(tmp_path, monkeypatch, scheme):
     cfg = load_config(config(scheme, steps=25))
     full, part = str(tmp_path / "full"), str(tmp_path / "part")

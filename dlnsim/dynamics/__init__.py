@@ -3,6 +3,7 @@
 gradient: GradientDescent, GradientFlow (RK4 / DOPRI5), EndToEndFlow, FreeEnergyFlow (EndToEndFlow with beta).
 langevin: ProjectedLangevin, MetropolisLangevin (on the balanced manifold), UnprojectedLangevin.
 rle:      RiemannianLangevin (the Riemannian Langevin equation for X), rle_drift, rle_drift_autograd.
+mala:     MetropolisRLE (the RLE's layer-chart Euler step as a Metropolis proposal: exact stationary law at any h).
 sgd:      SGD (minibatch / label-noise SGD, weight decay, momentum, LR schedules), LRSchedule.
 infinite_depth: the end-to-end flow, free-energy flow and RLE at depth inf (time in units of N).
 balancing: BalancingFlow (gradient flows of R = 1/2 sum ||W_p||^2 on the fibers of phi), WeightDecayDescent.
@@ -17,6 +18,7 @@ from .base import Scheme, State, rk4_step
 from .gradient import EndToEndFlow, FreeEnergyFlow, GradientDescent, GradientFlow, parameter_gradient
 from .langevin import MetropolisLangevin, ProjectedLangevin, UnprojectedLangevin
 from .rle import RiemannianLangevin, rle_drift, rle_drift_autograd
+from .mala import MetropolisRLE
 from .sgd import SGD, LRSchedule
 from .balancing import BalancingFlow, WeightDecayDescent
 from .infinite_depth import InfiniteDepthFlow, InfiniteDepthFreeEnergyFlow, InfiniteDepthLangevin
@@ -32,6 +34,7 @@ SCHEMES: dict[str, type[Scheme]] = {
         MetropolisLangevin,
         UnprojectedLangevin,
         RiemannianLangevin,
+        MetropolisRLE,
         SGD,
         BalancingFlow,
         WeightDecayDescent,
@@ -70,6 +73,7 @@ __all__ = [
     "MetropolisLangevin",
     "UnprojectedLangevin",
     "RiemannianLangevin",
+    "MetropolisRLE",
     "rle_drift",
     "rle_drift_autograd",
     "SGD",
