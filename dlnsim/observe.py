@@ -147,14 +147,24 @@ def _norms(ctx: Context) -> dict:
     return {"nuclear_norm": s.sum(dim=-1), "frobenius_norm": s.square().sum(dim=-1).sqrt(), "spectral_norm": s[..., 0]}
 
 
+def _completion_term(energy: Energy):
+    """The matrix_completion energy of a run: the energy itself, or the data term of a SumEnergy
+    (energy.confinement adds c/2 ||X||^2 to it); None when there is none."""
+    for e in getattr(energy, "terms", (energy,)):
+        if getattr(type(e), "name", None) == "matrix_completion":
+            return e
+    return None
+
+
 def _completion_error(ctx: Context) -> dict:
-    e = completion_errors(ctx.X, ctx.energy.target, ctx.energy.mask)
+    term = _completion_term(ctx.energy)
+    e = completion_errors(ctx.X, term.target, term.mask)
     return {"test_error": e["test_error_rel"], "train_error": e["train_error_rel"],
             "reconstruction_error": e["reconstruction_error_rel"]}
 
 
 def _is_completion(ctx: Context) -> bool:
-    return getattr(type(ctx.energy), "name", None) == "matrix_completion"
+    return _completion_term(ctx.energy) is not None
 
 
 _ENTRIES = (
