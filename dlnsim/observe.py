@@ -17,6 +17,7 @@ arrays, each with the batch dim first, when it applies to the state, and the run
                                   (||X - X_ref||_F where X_ref = 0)
     norms             (B,) each   nuclear_norm, frobenius_norm, spectral_norm of X   (not recorded unless asked for)
     effective_rank    (B,)        exp of the entropy of s/||s||_1 (Roy & Vetterli)  (not recorded unless asked for)
+    layer_effective_rank (B, N)   effective rank of each layer W_p (parameter schemes)  (not recorded unless asked for)
     completion_error  (B,) each   matrix_completion: test_error (unobserved entries), train_error (observed),
                                   reconstruction_error (all entries), relative to energy.target on those entries
     <stat>            (B,)        every counter the scheme keeps in state.stats
@@ -163,6 +164,13 @@ def _completion_error(ctx: Context) -> dict:
             "reconstruction_error": e["reconstruction_error_rel"]}
 
 
+def _layer_effective_rank(ctx: Context) -> dict:
+    ws = ctx.state.weights
+    layers = list(ws) if isinstance(ws, (list, tuple)) else ws.unbind(dim=-3)  # list or stacked (B, N, d, d)
+    return {"layer_effective_rank": torch.stack(
+        [effective_rank_from_singular_values(torch.linalg.svdvals(W)) for W in layers], dim=-1)}
+
+
 def _is_completion(ctx: Context) -> bool:
     return _completion_term(ctx.energy) is not None
 
@@ -186,6 +194,7 @@ _ENTRIES = (
     Observable("effective_rank", lambda c: {"effective_rank": effective_rank_from_singular_values(c.singular_values)},
                figure="implicit_regularization", default=False),
     Observable("completion_error", _completion_error, _is_completion, figure="implicit_regularization", default=False),
+    Observable("layer_effective_rank", _layer_effective_rank, lambda c: c.state.weights is not None, default=False),
 )
 OBSERVABLES: dict[str, Observable] = {o.name: o for o in _ENTRIES}
 

@@ -79,36 +79,62 @@ def matched_temperature(vs) -> list[tuple[str, float]]:
 
 _PANELS = (
     ("balancedness", r"$\max_p \|G_p(t) - G_p(0)\|_F$", "log"),
-    ("effective_rank", "effective rank of $X$", "linear"),
+    ("effective_rank", "effective rank", "linear"),
     ("entropy_formula", "entropy $S(X)$", "linear"),
     ("test_error", "relative test error (unobserved entries)", "log"),
+    ("loss", "loss $E(X)$ (training)", "log"),
 )
+_WHY = {"balancedness": "end to end: no weights (on the balanced manifold by construction)",
+        "entropy_formula": "not recorded", "test_error": "not recorded", "effective_rank": "not recorded"}
+_LAYER_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
+
+
+def _panels(vs):
+    """The panels with data for some variant; the loss only where no test error is recorded."""
+    keys = [k for k in _PANELS if any(k[0] in a or (k[0] == "effective_rank" and "layer_effective_rank" in a) for _, _, a in vs)]
+    if any(k[0] == "test_error" for k in keys):
+        keys = [k for k in keys if k[0] != "loss"]
+    return keys
 
 
 def fig_sgd_comparison(vs):
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
+    panels = _panels(vs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.6), squeeze=False)
+    axes = axes[0]
     handles = []
+    n_layers = 0
     for k, (lb, c, a) in enumerate(vs):
         col, t = COLORS[k % len(COLORS)], a["t"]
         later = t > 0  # log time axis (and G_p(0) - G_p(0) = 0)
-        for ax, (key, _, scale) in zip(axes, _PANELS):
+        for ax, (key, _, scale) in zip(axes, panels):
+            if key == "effective_rank" and "layer_effective_rank" in a:
+                L = a["layer_effective_rank"]
+                n_layers = max(n_layers, L.shape[2])
+                for p in range(L.shape[2]):
+                    band(ax, t[later], L[later][:, :, p], col, ls=_LAYER_STYLES[p % len(_LAYER_STYLES)], lw=1.0)
             if key not in a:
                 continue
             Y = a[key].max(axis=2) if key == "balancedness" else a[key]
             band(ax, t[later], positive_or_nan(Y[later]) if scale == "log" else Y[later], col)
         handles.append(plt.Line2D([], [], color=col, label=f"{lb}: {describe_scheme(c)}"))
-    for ax, (key, ylabel, scale) in zip(axes, _PANELS):
+    for ax, (key, ylabel, scale) in zip(axes, panels):
         ax.set_xlabel("time $t$")
         ax.set_xscale("log")
         ax.set_ylabel(ylabel)
         ax.set_yscale(scale)
-        missing = [lb for lb, _, a in vs if key not in a]
-        if missing:
-            why = {"balancedness": "end to end: no weights (on the balanced manifold by construction)",
-                   "entropy_formula": "not square or not recorded", "test_error": "not matrix completion or not recorded",
-                   "effective_rank": "not recorded"}[key]
+        if key == "effective_rank" and n_layers:
+            ax.legend(handles=[plt.Line2D([], [], color="0.3", label="$X$")]
+                      + [plt.Line2D([], [], color="0.3", ls=_LAYER_STYLES[p % len(_LAYER_STYLES)], lw=1.0, label=f"$W_{p + 1}$")
+                         for p in range(n_layers)], fontsize=7, loc="best")
+        missing = [lb for lb, _, a in vs if key not in a and not (key == "effective_rank" and "layer_effective_rank" in a)]
+        if missing and key in _WHY:
+            why = _WHY[key]
+            if key == "entropy_formula":
+                why = "X not square (S undefined) or not recorded"
+            elif key == "test_error":
+                why = "not matrix completion or not recorded"
             ax.text(0.02, 0.02, f"not drawn for {', '.join(missing)}: {why}", transform=ax.transAxes, fontsize=6.5, color="0.3")
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7.5,
+    fig.legend(handles=handles, loc="lower center", ncol=2 if len(panels) > 2 else 1, fontsize=7.5,
                title="variant: scheme (curves: median over the trajectories, band: 10-90%)", title_fontsize=7.5)
     cfg0 = vs[0][1]
     widths, N, B = cfg0["network"]["widths"], cfg0["network"]["depth"], cfg0["dynamics"]["ensemble"]
@@ -122,7 +148,8 @@ def fig_sgd_comparison(vs):
         parts += [f"{lb}: $\\beta_{{eff}}$ = {b:.4g} at the final X of gradient descent (median over trajectories; "
                   r"$1/\beta_{eff} = h\,\mathrm{tr}\,C_H / (2 \dim H)$, dlnsim.gradient_noise)" for lb, b in matched]
         lines.append("temperatures: " + "; ".join(parts))
-    lines.append("No closed form or stationary law drawn: none applies to SGD, and the Gibbs law of the RLE has no computed reference here")
+    lines.append("No closed form or stationary law drawn: none applies to gradient descent or SGD here"
+                 + (", and the Gibbs law of the Langevin/RLE variants has no computed reference at this size" if betas else ""))
     fig.suptitle("\n".join(lines), fontsize=8.5)
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     return fig
