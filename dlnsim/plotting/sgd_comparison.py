@@ -14,8 +14,9 @@ energy of the runs (dlnsim.run_theory.energy_title) and how the temperatures com
   descent from a balanced start are balanced up to the drawn ||G_p|| (label_noise_inverse_temperature
   is exact on the balanced manifold). The figure prints both numbers, so a reader sees whether they match.
 
-No closed form or stationary law is drawn: none applies to SGD, and for the RLE the Gibbs law
-exp(-beta E + S) dvol has no computed reference at these sizes; the figure says so.
+No closed form or stationary law is drawn: none applies to gradient descent or SGD, and the Gibbs
+law exp(-beta E + S) dvol of a Langevin/RLE variant is not drawn here (the stationary figures do
+that); the figure says so.
 """
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def fig_sgd_comparison(vs):
                   r"$1/\beta_{eff} = h\,\mathrm{tr}\,C_H / (2 \dim H)$, dlnsim.gradient_noise)" for lb, b in matched]
         lines.append("temperatures: " + "; ".join(parts))
     lines.append("No closed form or stationary law drawn: none applies to gradient descent or SGD here"
-                 + (", and the Gibbs law of the Langevin/RLE variants has no computed reference at this size" if betas else ""))
+                 + (", and this figure does not draw the Gibbs law exp(-$\\beta$E + S) of the Langevin/RLE variants" if betas else ""))
     fig.suptitle("\n".join(lines), fontsize=8.5)
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     return fig
