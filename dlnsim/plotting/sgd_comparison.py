@@ -118,7 +118,10 @@ def fig_sgd_comparison(vs):
             Y = a[key].max(axis=2) if key == "balancedness" else a[key]
             band(ax, t[later], positive_or_nan(Y[later]) if scale == "log" else Y[later], col)
         handles.append(plt.Line2D([], [], color=col, label=f"{lb}: {describe_scheme(c)}"))
+    kinds = {c["energy"]["type"] for _, c, _ in vs}
     for ax, (key, ylabel, scale) in zip(axes, panels):
+        if key == "test_error" and kinds != {"matrix_completion"}:  # regression: held-out data (regression_error)
+            ylabel = "relative test error (held-out data)" if kinds == {"linear_regression"} else "relative test error"
         ax.set_xlabel("time $t$")
         ax.set_xscale("log")
         ax.set_ylabel(ylabel)
@@ -133,7 +136,7 @@ def fig_sgd_comparison(vs):
             if key == "entropy_formula":
                 why = "X not square (S undefined) or not recorded"
             elif key == "test_error":
-                why = "not matrix completion or not recorded"
+                why = "no test entries / held-out data, or not recorded"
             ax.text(0.02, 0.02, f"not drawn for {', '.join(missing)}: {why}", transform=ax.transAxes, fontsize=6.5, color="0.3")
     fig.legend(handles=handles, loc="lower center", ncol=2 if len(panels) > 2 else 1, fontsize=7.5,
                title="variant: scheme (curves: median over the trajectories, band: 10-90%)", title_fontsize=7.5)
