@@ -111,7 +111,7 @@ def test_regression_study_figure_draws_layer_ranks(tmp_path):
         "network": {"widths": [3, 5, 2], "init": "gaussian", "std": 1.0},
         "energy": {"type": "linear_regression", "target": "random", "n_samples": 40},
         "dynamics": {"scheme": "gradient_descent", "step_size": 0.01, "steps": 40, "ensemble": 2, "seed": 1},
-        "observers": {"every": 10, "include": ["loss", "balancedness", "effective_rank", "layer_effective_rank"]},
+        "observers": {"every": 10, "include": ["loss", "X", "balancedness", "effective_rank", "layer_effective_rank"]},
         "device": {"threads": 1},
         "output": {"dir": str(tmp_path), "name": "reg", "formats": ["png"]},
         "study": {"figure": "sgd_comparison", "variants": [

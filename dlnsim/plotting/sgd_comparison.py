@@ -63,11 +63,11 @@ def matched_temperature(vs) -> list[tuple[str, float]]:
     if not gd:
         return []
     cfg, a = gd[0]
-    term = run_energy(cfg["energy"], cfg["network"]["widths"], batch=a["X"].shape[1])
-    term = next((t for t in getattr(term, "terms", (term,)) if getattr(type(t), "name", None) == "matrix_completion"), None)
     w = cfg["network"]["widths"]
-    if term is None or w[0] != w[-1]:
+    if cfg["energy"]["type"] != "matrix_completion" or w[0] != w[-1]:
         return []
+    energy = run_energy(cfg["energy"], w, batch=a["X"].shape[1])  # per-trajectory masks need the batch
+    term = next(t for t in getattr(energy, "terms", (energy,)) if getattr(type(t), "name", None) == "matrix_completion")
     out = []
     X = torch.as_tensor(a["X"][-1], dtype=torch.float64)
     for lb, c, _ in vs:
