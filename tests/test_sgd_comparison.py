@@ -120,6 +120,7 @@ def test_regression_study_figure_draws_layer_ranks(tmp_path):
     }
     out = run(C.load_config(raw), quiet=True)
     assert out.exit_code == 0, out.message
+    assert os.path.exists(os.path.join(out.run_dir, R.FIGURES, "sgd_comparison.png"))  # the runner drew it
     a = R.read_arrays(os.path.join(out.run_dir, R.RUNS, "ln"))
     assert a["layer_effective_rank"].shape == (5, 2, 2)  # saves x trajectories x layers
     vs = [(lb, R.read_config(os.path.join(out.run_dir, R.RUNS, lb)), R.read_arrays(os.path.join(out.run_dir, R.RUNS, lb)))
