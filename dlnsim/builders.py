@@ -21,7 +21,7 @@ from .energies import ENERGIES, Energy, target_matrix
 from .network import DeepLinearNetwork, read_weight_file
 from .observe import Observer, default_include
 from .options import ConfigError
-from .run_theory import initial_spectrum, wants_reference_flow
+from .run_theory import initial_spectrum, run_energy, wants_reference_flow
 from .simulation import Simulation
 from . import field_runs
 
@@ -67,7 +67,7 @@ def build_energy(cfg: dict, device=None, dtype=None) -> Energy:
         return field_runs.build_energy(cfg, device, dtype)
     cls = ENERGIES[cfg["energy"]["type"]]
     kw = {"batch": batch_size(cfg)} if cls.per_trajectory_data else {}
-    energy = cls.from_config(cfg["energy"], cfg["network"]["widths"], **kw)
+    energy = run_energy(cfg["energy"], cfg["network"]["widths"], **kw)
     return energy.to(dtype=dtype, device=device)
 
 

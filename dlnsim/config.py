@@ -83,7 +83,7 @@ SCHEMES = tuple(SCHEME_CLASSES)
 ENERGIES = tuple(ENERGY_CLASSES)
 INITS = ("balanced", "gaussian", "orthogonal", "identity", "residual", "file", "balance_from_gaussian")
 FIGURE_KINDS = ("auto", "overlay", "saxe_modes", "flows", "entropy_init", "stationary", "free_energy", "completion",
-                "fields", "infinite_depth", "balancing")
+                "fields", "infinite_depth", "balancing", "sgd_comparison")
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "mask_per_trajectory": O(None, "mask: random: true draws one mask per trajectory (a batch of masks), false/null one for all",
                                  Choice(("true", "false"), nullable=True)),
         "alpha": O(1.0, "weight_decay: alpha in alpha/2 ||X||^2", Num(gt=0, hint="a positive weight-decay strength")),
+        "confinement": O(None, "c in c/2 ||X||_F^2 added to the energy (null: none; not with weight_decay, which is that term): "
+                         "makes the Gibbs law exp(-beta E + S) of an energy flat in some directions (matrix_completion) normalizable",
+                         Num(gt=0, nullable=True, hint="a positive confinement strength, or null")),
         "n_samples": O(100, "linear_regression synthetic data: number of samples n (inputs A ~ N(0, 1), outputs Y = Phi A + noise)",
                        Int(ge=1)),
         "noise": O(0.0, "noise std: linear_regression synthetic data: label noise on the outputs (train and test); matrix_completion: observation noise, "
@@ -403,6 +406,8 @@ def _resolve(c: dict) -> None:
     _resolve_dynamics(c)
     _resolve_observers(c)
     _field_rules(c)
+    if c["energy"]["confinement"] is not None and c["network"].get("field", "real") != "real":
+        _fail("energy.confinement", "applies to real networks only (network.field: real)")
     if c["device"]["device"] == "cuda":
         if not torch.cuda.is_available():
             _fail("device.device", "cuda was requested but no CUDA device is available; use cpu or auto")
@@ -503,6 +508,8 @@ def _energy_rules(en: dict, widths: list[int]) -> None:
         for key in cls.config_keys:
             if name != en["type"] and en[key] is not None:
                 _fail(f"energy.{key}", f"only applies to energy.type: {name} (type is {en['type']!r})")
+    if en["confinement"] is not None and en["type"] == "weight_decay":
+        _fail("energy.confinement", "weight_decay already is alpha/2 ||X||^2: raise energy.alpha instead")
     ENERGY_CLASSES[en["type"]].check_config(en, widths)
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 
 from .entropy import so_basis
+from .geometry import SVDFactors
 from .network import end_to_end, gradient_from_end_to_end, prefix_products
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "orbit_tangent_matrix",
     "noise_summary",
     "expected_balancedness_change",
+    "label_noise_inverse_temperature",
 ]
 
 
@@ -229,3 +231,26 @@ def expected_balancedness_change(weights: list[torch.Tensor], sampler, step_size
         noise = (fs[p].mT @ fs[p]).sum(0) - (fs[p - 1] @ fs[p - 1].mT).sum(0)
         out.append(G1 - G0 + h * h * noise)
     return out
+
+
+def label_noise_inverse_temperature(X: torch.Tensor, mask: torch.Tensor, label_noise: float, depth: int,
+                                    step_size: float) -> torch.Tensor:
+    """1/beta_eff = h tr(C) / (2 dim H) of full-batch label-noise SGD on matrix completion at balanced
+    weights over X, from X alone (no weights needed):
+
+        tr C = sigma^2 sum_ij M_ij^2 <E_ij, A_{N,X} E_ij> = sigma^2 sum_kl K_kl [(U o U)^T (M o M) (V o V)]_kl,
+
+    since the gradient noise is -sigma M o xi in X-space, C = Dphi^T (noise cov) Dphi and
+    Dphi Dphi^T = A_{N,X} on the balanced manifold (K: the kernel of A_{N,X} in the SVD frame (U, V) of X).
+    dim H = d_out d_in (full-rank square X). `noise_summary(..., step_size=h)` gives the same number
+    from the weights at any point (the test compares them at balanced points).
+
+    X: (..., d, d) square, full rank; mask: (d, d) or (..., d, d); returns (...,).
+    """
+    if X.shape[-1] != X.shape[-2]:
+        raise ValueError(f"label_noise_inverse_temperature needs square X (dim H = d^2), got {tuple(X.shape[-2:])}")
+    fr = SVDFactors.of(X, depth)
+    M2 = (mask * mask).to(X.dtype)
+    T = (fr.U * fr.U).mT @ M2 @ (fr.V * fr.V)  # [(U o U)^T (M o M) (V o V)]_kl
+    trace = label_noise**2 * (torch.exp(fr.log_K) * T).sum(dim=(-2, -1))
+    return step_size * trace / (2 * X.shape[-1] * X.shape[-2])

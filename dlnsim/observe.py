@@ -24,6 +24,7 @@ arrays, each with the batch dim first, when it applies to the state, and the run
     regression_error  (B,) each   linear_regression: train_error ||X A - Y||_F / ||Y||_F on the training data,
                                   test_error the same on the held-out data (when there are any: energy.n_test,
                                   test_fraction, test files); test labels carry the same label noise as train
+    layer_effective_rank (B, N)   effective rank of each layer W_p (parameter schemes)  (not recorded unless asked for)
     <stat>            (B,)        every counter the scheme keeps in state.stats
 
 `Observer.measure(state, reference)` evaluates the included entries in registry order. The
@@ -152,8 +153,17 @@ def _norms(ctx: Context) -> dict:
     return {"nuclear_norm": s.sum(dim=-1), "frobenius_norm": s.square().sum(dim=-1).sqrt(), "spectral_norm": s[..., 0]}
 
 
+def _data_term(energy: Energy, name: str):
+    """The energy of a run of type `name` (e.g. "matrix_completion"): the energy itself, or that data
+    term of a SumEnergy (energy.confinement adds c/2 ||X||^2 to it); None when there is none."""
+    for e in getattr(energy, "terms", (energy,)):
+        if getattr(type(e), "name", None) == name:
+            return e
+    return None
+
+
 def _completion_error(ctx: Context) -> dict:
-    E = ctx.energy
+    E = _data_term(ctx.energy, "matrix_completion")
     truth = getattr(E, "truth", E.target)
     e = completion_errors(ctx.X, truth, E.mask)
     # train error against the observations (noisy where energy.noise > 0); the same as against truth without noise
@@ -161,12 +171,19 @@ def _completion_error(ctx: Context) -> dict:
     return {"test_error": e["test_error_rel"], "train_error": train, "reconstruction_error": e["reconstruction_error_rel"]}
 
 
+def _layer_effective_rank(ctx: Context) -> dict:
+    ws = ctx.state.weights
+    layers = list(ws) if isinstance(ws, (list, tuple)) else ws.unbind(dim=-3)  # list or stacked (B, N, d, d)
+    return {"layer_effective_rank": torch.stack(
+        [effective_rank_from_singular_values(torch.linalg.svdvals(W)) for W in layers], dim=-1)}
+
+
 def _is_completion(ctx: Context) -> bool:
-    return getattr(type(ctx.energy), "name", None) == "matrix_completion"
+    return _data_term(ctx.energy, "matrix_completion") is not None
 
 
 def _regression_error(ctx: Context) -> dict:
-    E = ctx.energy
+    E = _data_term(ctx.energy, "linear_regression")
     out = {"train_error": regression_errors(ctx.X, E.inputs, E.outputs)["rel_error"]}
     if getattr(E, "test_inputs", None) is not None:
         out["test_error"] = regression_errors(ctx.X, E.test_inputs, E.test_outputs)["rel_error"]
@@ -174,7 +191,7 @@ def _regression_error(ctx: Context) -> dict:
 
 
 def _is_regression(ctx: Context) -> bool:
-    return getattr(type(ctx.energy), "name", None) == "linear_regression"
+    return _data_term(ctx.energy, "linear_regression") is not None
 
 
 _ENTRIES = (
@@ -197,6 +214,7 @@ _ENTRIES = (
                figure="implicit_regularization", default=False),
     Observable("completion_error", _completion_error, _is_completion, figure="implicit_regularization", default=False),
     Observable("regression_error", _regression_error, _is_regression, figure="implicit_regularization", default=False),
+    Observable("layer_effective_rank", _layer_effective_rank, lambda c: c.state.weights is not None, default=False),
 )
 OBSERVABLES: dict[str, Observable] = {o.name: o for o in _ENTRIES}
 

@@ -33,7 +33,7 @@ import torch
 
 from .depth_limit import saxe_mode_inf
 from .dynamics import SCHEMES
-from .energies import ENERGIES, target_matrix
+from .energies import ENERGIES, SumEnergy, WeightDecay, target_matrix
 from .gibbs import SingularValueLaw
 from .reference import HEADLINE, reference_or_reason
 from .stats import independent_chain_stderr
@@ -50,6 +50,7 @@ __all__ = [
     "gibbs_law",
     "gibbs_reference",
     "energy_title",
+    "run_energy",
     "stationary_rows",
     "theory_arrays",
     "undefined_theory",
@@ -92,7 +93,8 @@ def saxe_setting(cfg: dict) -> bool:
     """Is the run in the setting of the closed-form Saxe modes: matrix regression, a balanced start
     aligned with the target, a deterministic gradient scheme without entropic drift?"""
     net, scheme = cfg["network"], SCHEMES[cfg["dynamics"]["scheme"]]
-    return (cfg["energy"]["type"] == "matrix_regression" and net["init"] == "balanced" and net["target"] == "aligned"
+    return (cfg["energy"]["type"] == "matrix_regression" and cfg["energy"].get("confinement") is None
+            and net["init"] == "balanced" and net["target"] == "aligned"
             and not scheme.stochastic and not scheme.needs_beta and scheme.reference_flow)
 
 
@@ -190,7 +192,7 @@ def gibbs_reference(cfg: dict, beta: float):
         out = (None, f"no reference computed for d = {widths[0]} > {GIBBS_MCMC_MAX_WIDTH} "
                      "(dlnsim.reference.gibbs_reference(method='mcmc') can, at a cost)")
     else:
-        energy = ENERGIES[en["type"]].from_config(en, widths)
+        energy = run_energy(en, widths)
         g = torch.Generator().manual_seed(int(cfg["dynamics"].get("seed") or 0) + 7)
         out = reference_or_reason(energy, widths[-1], widths[0], net["depth"], float(beta), generator=g,
                                   chains=16, steps=3000, burn=1000)
@@ -198,9 +200,22 @@ def gibbs_reference(cfg: dict, beta: float):
     return out
 
 
+def run_energy(section: dict, widths, **kw):
+    """The Energy of a run's energy section: ENERGIES[type].from_config (kw: its batch of per-trajectory
+    data), plus confinement/2 ||X||^2 when energy.confinement is set (a SumEnergy; the data term first)."""
+    energy = ENERGIES[section["type"]].from_config(section, widths, **kw)
+    c = section.get("confinement")
+    return energy if c is None else SumEnergy([energy, WeightDecay(c)])
+
+
 def energy_title(cfg: dict) -> str:
     """The energy a run used, as a figure-title string (mathtext)."""
     en = cfg["energy"]
+    c = en.get("confinement")
+    return _data_energy_title(en) + ("" if c is None else rf" $+\frac{{c}}{{2}}\|X\|^2$ (c={c:g})")
+
+
+def _data_energy_title(en: dict) -> str:
     kind = en["type"]
     if kind == "weight_decay":
         return rf"$E=\frac{{\alpha}}{{2}}\|X\|^2$ ($\alpha$={en['alpha']:g})"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import matplotlib
 
@@ -52,7 +53,8 @@ def band(ax, t, Y, color, label=None, lines_below: int = 4, **kw):
         for b in range(Y.shape[1]):
             ax.plot(t, Y[:, b], color=color, label=label if b == 0 else None, **kw)
         return
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # save points where every trajectory is NaN (e.g. log of a loss at 0)
         ok = np.isfinite(Y)
         Yf = np.where(ok, Y, np.nan)
         med = np.nanmedian(Yf, axis=1)

@@ -28,9 +28,9 @@ import torch
 
 from .. import results as R
 from .. import _io
-from ..energies import ENERGIES
+
 from ..entropy import entropy_from_singular_values
-from ..run_theory import energy_title, gibbs_reference, gibbs_setting, stationary_rows
+from ..run_theory import energy_title, gibbs_reference, gibbs_setting, run_energy, stationary_rows
 from .common import COLORS, STYLE, band, finish_time_plot, beta_groups, positive_or_nan, save_figure, run_title
 
 __all__ = ["RUN_FIGURES", "RunFigure", "plot_run", "hist_panels", "stationary_means", "write_stationary_csv"]
@@ -106,7 +106,7 @@ def stationary_means(cfg, beta):
     ref, _ = gibbs_reference(cfg, beta)
     if ref is None:
         return None
-    energy = ENERGIES[cfg["energy"]["type"]].from_config(cfg["energy"], cfg["network"]["widths"])
+    energy = run_energy(cfg["energy"], cfg["network"]["widths"])
     N = cfg["network"]["depth"]
     E = float(ref.expect(lambda X: energy.value(X)))
     S = float(ref.expect_spectral(lambda s: entropy_from_singular_values(s, N)))

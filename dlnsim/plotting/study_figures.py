@@ -2,7 +2,8 @@
 
 `STUDY_FIGURES` is the registry: study.figure kind -> draw(variants) -> Figure, variants being
 [(label, config, arrays)]. Kinds: saxe_modes, flows, entropy_init, stationary, free_energy,
-completion, fields, overlay (auto). A study figure that draws the end-to-end reference flow is declared
+completion, fields, overlay (auto), infinite_depth, balancing, sgd_comparison (plotting.sgd_comparison).
+A study figure that draws the end-to-end reference flow is declared
 in dlnsim.run_theory.STUDY_FIGURES_USING_REFERENCE, so that the runner integrates the flow for it.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..geometry import SVDFactors
 from .common import COLORS, STYLE, band, positive_or_nan, save_figure
 from ..run_theory import energy_title, saxe_setting
 from .depth_balancing import fig_balancing, fig_infinite_depth
+from .sgd_comparison import fig_sgd_comparison
 from .run_figures import hist_panels, stationary_means
 
 __all__ = ["STUDY_FIGURES", "plot_study"]
@@ -391,6 +393,7 @@ STUDY_FIGURES = {
     "fields": _fig_fields,
     "infinite_depth": fig_infinite_depth,
     "balancing": fig_balancing,
+    "sgd_comparison": fig_sgd_comparison,
 }
 
 
