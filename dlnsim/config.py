@@ -134,13 +134,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "rank": O(None, "random target: its rank k <= min(d_N, d_0) (spectrum then lists k values, default ones); null: full rank",
                   Int(ge=1, nullable=True)),
         "seed": O(0, "seed of the random target and of synthetic regression data (independent of dynamics.seed)", Int(ge=0, le=SEED_MAX)),
-        "mask": O(None, "matrix_completion: observed entries: diag | offdiag | random (uniform, mask_fraction or mask_count) | a 0/1 matrix (d_N x d_0)",
-                  Matrix(words=("diag", "offdiag", "random"), nullable=True)),
+        "mask": O(None, "matrix_completion: observed entries: diag | offdiag | random (uniform, mask_fraction or mask_count) | file (energy.mask_file) | a 0/1 matrix (d_N x d_0)",
+                  Matrix(words=("diag", "offdiag", "random", "file"), nullable=True)),
+        "mask_file": O(None, "mask: file: a 0/1 matrix (d_N, d_0) from a .npy (no pickles), .csv or .txt file; relative to the config file; SHA-256 in meta.json", Str(nullable=True)),
         "mask_fraction": O(None, "mask: random: the observed share of the entries, in (0, 1]", Num(gt=0, nullable=True)),
         "mask_count": O(None, "mask: random: the number of observed entries (instead of mask_fraction)", Int(ge=1, nullable=True)),
         "mask_seed": O(None, "mask: random: seed of the mask (null: 0; independent of energy.seed and dynamics.seed)", Int(ge=0, le=SEED_MAX, nullable=True)),
-        "mask_per_trajectory": O(None, "mask: random: true draws one mask per trajectory (a batch of masks), false/null one for all",
-                                 Choice(("true", "false"), nullable=True)),
+        "mask_per_trajectory": O(None, "mask: random: true draws one mask per trajectory (a batch of masks), false/null one for all", Choice(("true", "false"), nullable=True)),
         "alpha": O(1.0, "weight_decay: alpha in alpha/2 ||X||^2", Num(gt=0, hint="a positive weight-decay strength")),
         "confinement": O(None, "c in c/2 ||X||_F^2 added to the energy (null: none; not with weight_decay, which is that term): "
                          "makes the Gibbs law exp(-beta E + S) of an energy flat in some directions (matrix_completion) normalizable",
@@ -274,8 +274,8 @@ def _yaml_reason(e: yaml.YAMLError) -> str:
 
 
 # Config keys holding file paths; relative paths are taken relative to the YAML file naming them.
-PATH_KEYS = (("network", "file"), ("energy", "data"), ("energy", "target_file"), ("energy", "train_inputs"),
-             ("energy", "train_outputs"), ("energy", "test_inputs"), ("energy", "test_outputs"))
+PATH_KEYS = (("network", "file"), ("energy", "data"), ("energy", "target_file"), ("energy", "mask_file"),
+             ("energy", "train_inputs"), ("energy", "train_outputs"), ("energy", "test_inputs"), ("energy", "test_outputs"))
 
 
 def input_files(cfg: dict) -> dict:

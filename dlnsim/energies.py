@@ -229,6 +229,17 @@ class LinearRegression(Energy):
         return X @ self.sigma - self.cross
 
 
+def _mask_file(section: dict, widths: list[int]) -> torch.Tensor:
+    """The 0/1 mask (d_N, d_0) of energy.mask_file; ConfigError naming energy.mask_file on a wrong shape or value."""
+    d_in, d_out = widths[0], widths[-1]
+    mask = torch.as_tensor(_read_array(section["mask_file"], "energy.mask_file"), dtype=torch.float64)
+    if tuple(mask.shape) != (d_out, d_in):
+        fail("energy.mask_file", f"{section['mask_file']} holds shape {tuple(mask.shape)}; the mask must be d_N x d_0 = {d_out}x{d_in} for widths {widths}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        fail("energy.mask_file", f"{section['mask_file']}: entries must be 0 (hidden) or 1 (observed)")
+    return mask
+
+
 class MatrixCompletion(Energy):
     """E(X) = 1/2 ||mask o (X - Phi)||_F^2, grad = mask o (X - Phi) (mask of 0/1 or weights).
 
@@ -242,7 +253,7 @@ class MatrixCompletion(Energy):
     """
 
     name = "matrix_completion"
-    config_keys = ("mask", "mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory", "noise_seed")
+    config_keys = ("mask", "mask_file", "mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory", "noise_seed")
     has_target = True
     aligned_start = True
     batch_free = True  # for shared masks (a per-trajectory mask has a batch dim: see dynamics.gradient._batch_free)
@@ -261,6 +272,8 @@ class MatrixCompletion(Energy):
             mask = torch.eye(d_out, d_in, dtype=torch.float64)
         elif m == "offdiag":
             mask = 1.0 - torch.eye(d_out, d_in, dtype=torch.float64)
+        elif m == "file":
+            mask = _mask_file(section, widths)
         else:
             mask = torch.tensor(m, dtype=torch.float64)
         if section["noise"] > 0:
@@ -280,6 +293,11 @@ class MatrixCompletion(Energy):
             bad = [v for row in m for v in row if v not in (0, 1)]
             if bad:
                 fail("energy.mask", f"entries must be 0 (hidden) or 1 (observed), got {bad[0]!r}")
+        if (m == "file") != (section["mask_file"] is not None):
+            fail("energy.mask_file", "energy.mask: file needs energy.mask_file (a .npy, .csv or .txt 0/1 matrix)" if m == "file"
+                 else f"only applies to energy.mask: file (mask is {m if isinstance(m, str) else 'a matrix'}); remove it or set mask: file")
+        if m == "file":
+            _mask_file(section, widths)
         if section["noise_seed"] is not None and not section["noise"] > 0:
             fail("energy.noise_seed", "only applies with energy.noise > 0 (noisy observations); set energy.noise or remove it")
         random_keys = ("mask_fraction", "mask_count", "mask_seed", "mask_per_trajectory")

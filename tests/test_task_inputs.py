@@ -167,6 +167,37 @@ def test_bad_files_are_one_line_errors_naming_the_key(tmp_path, monkeypatch):
         C.load_config(base)
 
 
+def test_mask_from_file_equals_the_same_matrix_inline(tmp_path):
+    """energy.mask: file gives the energy (and the run) the inline 0/1 matrix gives; wrong shape, non-0/1
+    entries and a mask_file without mask: file are one-line errors naming energy.mask_file."""
+    M = (np.random.default_rng(1).random((5, 4)) < 0.6).astype(float)
+    np.save(tmp_path / "mask.npy", M)
+    base = {k: v for k, v in _completion().items()}
+    en = {k: v for k, v in base["energy"].items() if k not in ("mask_count", "mask_seed")}
+    from_file = C.load_config({**base, "energy": {**en, "mask": "file", "mask_file": str(tmp_path / "mask.npy")}})
+    inline = C.load_config({**base, "energy": {**en, "mask": M.astype(int).tolist()}})
+    Ef, Ei = build_energy(from_file, "cpu", DT), build_energy(inline, "cpu", DT)
+    assert torch.equal(Ef.mask, Ei.mask) and torch.equal(Ef.target, Ei.target)
+    (sf, _), (si, _) = build_simulation(from_file), build_simulation(inline)
+    sf.run(10)
+    si.run(10)
+    assert np.array_equal(sf.arrays()["loss"], si.arrays()["loss"])
+
+    def err(c):
+        with pytest.raises(ConfigError) as e:
+            C.load_config({**base, "energy": {**en, **c}})
+        msg = str(e.value)
+        assert msg.startswith("energy.mask_file: ") and "\n" not in msg, msg
+        return msg
+
+    np.save(tmp_path / "wide.npy", np.ones((4, 5)))
+    np.save(tmp_path / "half.npy", np.full((5, 4), 0.5))
+    assert "(4, 5)" in err({"mask": "file", "mask_file": str(tmp_path / "wide.npy")})
+    assert "0 (hidden) or 1" in err({"mask": "file", "mask_file": str(tmp_path / "half.npy")})
+    assert "only applies to energy.mask: file" in err({"mask": "diag", "mask_file": str(tmp_path / "mask.npy")})
+    assert "needs energy.mask_file" in err({"mask": "file"})
+
+
 def test_generated_regression_data_with_held_out_set_against_direct_draw():
     # the training data do not change when a test set is asked for, and both follow
     # a = diag(sqrt(v)) z, y = Phi a + sigma xi, drawn in order from Generator(seed + 1)
