@@ -33,9 +33,10 @@ version 1, the singular-frame solver 1 (its eigh), the other schemes none.
 
 What is asserted:
 - the detector counts every kind of read above (test_detector_*), so no test here passes vacuously;
-- for every scheme of dynamics.SCHEMES (a new scheme is covered by its registry entry), built from a
-  config through dlnsim's builders as tests/test_devices.py does: no host read in k steps after a
-  warm-up on the path an accelerator takes. That path differs from the CPU's only where
+- for every scheme of dynamics.SCHEMES and dynamics.INFINITE_DEPTH_SCHEMES (a new scheme is covered
+  by its registry entry), built from a config through dlnsim's builders as tests/test_devices.py
+  does, and for the singular-frame solver and the Jacobi SVD (B = 1024): no host read in k steps
+  after a warm-up on the path an accelerator takes. That path differs from the CPU's only where
   `dlnsim._device.host_reads_free` says so (the one switch), and the test takes it on the CPU by
   patching that switch;
 - on the CPU path, the documented host reads only (early exits of the Newton iterations, subsets and
@@ -61,9 +62,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import dlnsim
 import dlnsim._device as device_mod
 from dlnsim import small_svd
-from dlnsim.builders import beta_of, build_energy, build_network, build_observer, build_scheme
+from dlnsim.builders import beta_of, build_energy, build_network, build_observer, build_scheme, build_simulation
 from dlnsim.config import load_config
-from dlnsim.dynamics import SCHEMES, EndToEndFlow
+from dlnsim.dynamics import INFINITE_DEPTH_SCHEMES, SCHEMES, EndToEndFlow
 from dlnsim.simulation import Simulation
 
 aten = torch.ops.aten
@@ -249,12 +250,13 @@ STOCHASTIC = tuple(name for name, cls in SCHEMES.items() if cls.stochastic)
 ENERGY = {"sgd": {"type": "matrix_completion", "target": "random", "mask": "random", "mask_fraction": 0.6,
                   "mask_per_trajectory": True}}
 OPTIONS = {"sgd": {"batch_size": 3, "label_noise": 0.1, "momentum": 0.5}}
-# Documented variants beyond each scheme's defaults: (scheme, options, batch, width)
+INF = float("inf")
+# Variants beyond each scheme's defaults: (scheme, options, batch, width, depth)
 VARIANTS = {
-    "frame_solver_projected": ("langevin_projected", {"solver": "frame"}, B, WIDTH),
-    "frame_solver_metropolis": ("langevin_metropolis", {"solver": "frame"}, B, WIDTH),
-    "jacobi_svd_rle": ("rle", {}, small_svd.JACOBI_MIN_BATCH, 3),
-}
+    "frame_solver_projected": ("langevin_projected", {"solver": "frame"}, B, WIDTH, DEPTH),
+    "frame_solver_metropolis": ("langevin_metropolis", {"solver": "frame"}, B, WIDTH, DEPTH),
+    "jacobi_svd_rle": ("rle", {}, small_svd.JACOBI_MIN_BATCH, 3, DEPTH),
+} | {f"{name}@depth_inf": (name, {}, B, WIDTH, INF) for name in INFINITE_DEPTH_SCHEMES}
 # Host reads the CPU path makes on purpose (module docstrings): CPU only, none on an accelerator.
 CPU_ONLY_SITES = {
     "manifold/exact.py:ExactConstraintSolver.newton",
@@ -268,19 +270,25 @@ CPU_ONLY_SITES = {
 }
 
 
-def _config(name, options=None, batch=B, width=WIDTH, device="cpu"):
+def _config(name, options=None, batch=B, width=WIDTH, device="cpu", depth=DEPTH):
+    dynamics = {"scheme": name, "step_size": 0.01, "steps": WARMUP + K, "ensemble": batch, "seed": 3,
+                "beta": 2.0 if SCHEMES[name].needs_beta else None,
+                "options": {**OPTIONS.get(name, {}), **(options or {})}}
+    if depth == INF:
+        dynamics["time_scale"] = "depth"
     return load_config({
-        "network": {"width": width, "depth": DEPTH, "init": "balanced", "scale": 0.7},
+        "network": {"width": width, "depth": depth, "init": "balanced", "scale": 0.7},
         "energy": ENERGY.get(name, {"type": "weight_decay" if name in STOCHASTIC else "matrix_regression"}),
-        "dynamics": {"scheme": name, "step_size": 0.01, "steps": WARMUP + K, "ensemble": batch, "seed": 3,
-                     "beta": 2.0 if SCHEMES[name].needs_beta else None,
-                     "options": {**OPTIONS.get(name, {}), **(options or {})}},
+        "dynamics": dynamics,
         "observers": {"every": 2},
         "device": {"device": device},
     })
 
 
 def _build(cfg):
+    if cfg["network"]["depth"] == INF:  # the depth-inf schemes act on X: the simulation's builder
+        sim, _ = build_simulation(cfg)
+        return sim.scheme, sim.state, sim.scheme.energy, None
     device = cfg["device"]["device"]
     energy = build_energy(cfg, device, torch.float64)
     generator = torch.Generator(device=device).manual_seed(cfg["dynamics"]["seed"])
@@ -299,22 +307,22 @@ def _count_steps(scheme, state, k=K):
     return c, state
 
 
-CASES = {name: (name, {}, B, WIDTH) for name in SCHEMES} | VARIANTS
+CASES = {name: (name, {}, B, WIDTH, DEPTH) for name in SCHEMES} | VARIANTS
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_accelerator_path_of_every_scheme_has_no_host_sync(case):
-    name, options, batch, width = CASES[case]
+    name, options, batch, width, depth = CASES[case]
     with accelerator_path():
-        scheme, state, _, _ = _build(_config(name, options, batch, width))
+        scheme, state, _, _ = _build(_config(name, options, batch, width, depth=depth))
         c, _ = _count_steps(scheme, state)
     assert c.reads == 0, f"{case}: {c.reads} host reads in {K} steps: {dict(c.sites)} ({dict(c.kinds)})"
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_cpu_path_reads_back_only_at_documented_sites(case):
-    name, options, batch, width = CASES[case]
-    scheme, state, _, _ = _build(_config(name, options, batch, width))
+    name, options, batch, width, depth = CASES[case]
+    scheme, state, _, _ = _build(_config(name, options, batch, width, depth=depth))
     c, _ = _count_steps(scheme, state)
     undocumented = {s: n for s, n in c.sites.items() if s not in CPU_ONLY_SITES}
     assert not undocumented, f"{case}: undocumented host reads in {K} steps: {undocumented} ({dict(c.kinds)})"
@@ -428,8 +436,8 @@ def test_cuda_step_loop_has_no_host_sync(case):
     # linalg decomposition in a step must not sync at all ("error": any sync raises). Those that do
     # (SVD / eigh: cuSOLVER checks its info on the host) may sync at most once per decomposition, and
     # make no host read of their own (the dispatch counter, on the device).
-    name, options, batch, width = CASES[case]
-    scheme, state, _, _ = _build(_config(name, options, batch, width, device="cuda"))
+    name, options, batch, width, depth = CASES[case]
+    scheme, state, _, _ = _build(_config(name, options, batch, width, device="cuda", depth=depth))
     for _ in range(WARMUP):
         state = scheme.step(state)
     torch.cuda.synchronize()
