@@ -348,6 +348,30 @@ def test_exact_newton_reads_once_per_update_plus_the_exit_check_on_the_cpu():
         assert c.reads == updates + 1 and set(c.sites) == {"manifold/exact.py:ExactConstraintSolver.newton"}
 
 
+@pytest.mark.parametrize("name,solves", [("langevin_projected", 1), ("langevin_metropolis", 2)])
+def test_frame_newton_reads_once_per_update_plus_its_checks_on_the_cpu(name, solves):
+    # SingularFrameSolver on the CPU, one trajectory (no subset continuation), no failures: the frame
+    # iteration reads before each update and once to exit (_frame_iterate), newton_in_frame reads
+    # `any to polish?` and `any to retry exactly?` once per solve, the constructor `all frames
+    # trusted?` once per new point. A projected step solves once; a Metropolis step twice (the
+    # proposal and its reverse projection).
+    scheme, state, _, _ = _build(_config(name, {"solver": "frame"}, batch=1))
+    for _ in range(WARMUP):
+        state = scheme.step(state)
+    for _ in range(K):
+        before = {k: float(v.sum()) for k, v in state.stats.items()}
+        with HostSyncCounter() as c:
+            state = scheme.step(state)
+        delta = {k: float(v.sum()) - before[k] for k, v in state.stats.items()}
+        assert delta["projection_failures"] == 0 and delta.get("reverse_failures", 0) == 0
+        sf = "manifold/singular_frame.py:"
+        assert c.sites[sf + "_frame_iterate"] == delta["newton_iterations"] + solves, (dict(c.sites), delta)
+        assert c.sites[sf + "SingularFrameSolver.newton_in_frame"] == 2 * solves
+        assert c.sites[sf + "SingularFrameSolver.__init__"] == 1
+        assert set(c.sites) == {sf + "_frame_iterate", sf + "SingularFrameSolver.newton_in_frame",
+                                sf + "SingularFrameSolver.__init__", sf + "SingularFrameSolver.project_in_frame"}
+
+
 def test_jacobi_svd_reads_once_per_convergence_check_plus_the_fallback_check():
     # small_svd.jacobi_svd (CPU, d = 3, B >= JACOBI_MIN_BATCH): the adaptive sweep count reads
     # `all converged?` after each sweep from sweep d on, and the fallback reads `any failed?` once.
