@@ -28,8 +28,8 @@ LAPACK does inside it; none of them reads a value back on the CPU. On CUDA, torc
 eigh synchronizes the device (cuSOLVER's info check; svd's docs say nothing either way), so they are
 counted apart, as `decompositions`, and the CUDA test bounds the device's syncs by them (at most one
 each). They are not host reads of dlnsim's own and are not asserted to be zero: per step at d = 3,
-the end-to-end and free-energy flows make 4 (one SVD per RK4 stage), the RLE and its Metropolis
-version 1, the singular-frame solver 1 (its eigh), the other schemes none.
+the end-to-end and free-energy flows make 4 (one SVD per RK4 stage; at depth inf too), the RLE and
+its Metropolis version 1, the singular-frame solver 1 (its eigh), the other schemes none.
 
 What is asserted:
 - the detector counts every kind of read above (test_detector_*), so no test here passes vacuously;
