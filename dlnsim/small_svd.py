@@ -48,6 +48,8 @@ import functools
 
 import torch
 
+from . import _device
+
 __all__ = ["svd", "svdvals", "eigh", "det", "svd2", "eigh2", "jacobi_svd", "svd_kernel", "JACOBI_MAX", "JACOBI_MIN_BATCH", "lapack_only"]
 
 # The Jacobi kernel is used for 3 <= d <= JACOBI_MAX and batches of at least JACOBI_MIN_BATCH
@@ -82,7 +84,7 @@ def svd_kernel(d: int, device: torch.device | str = "cpu", batch: int = JACOBI_M
         return "lapack"
     if d <= 2:
         return "closed_form"
-    if torch.device(device).type == "cpu" and d <= JACOBI_MAX and batch >= JACOBI_MIN_BATCH:
+    if _device.host_reads_free(device) and d <= JACOBI_MAX and batch >= JACOBI_MIN_BATCH:
         return "jacobi"
     return "lapack"
 

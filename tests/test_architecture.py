@@ -36,7 +36,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 LAYERS = [
     ["_version", "_io", "_checks", "options", "lifecycle", "safe_io", "safe_paths", "runlock", "resources",
-     "_guard", "_children", "record_store"],
+     "_guard", "_children", "record_store", "_device"],
     ["spectral", "stats", "small_svd"],
     ["geometry", "entropy", "network", "theory", "gibbs", "manifold", "reference", "depth_limit",
      "fields", "field_network", "field_geometry", "entropy_fields", "metrics", "baselines", "tasks"],

@@ -104,11 +104,22 @@ def _kron(M: torch.Tensor, M2: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bkl->bikjl", M, M2).reshape(B, d * d, d * d)
 
 
-def fiber_gram_solve(weights: list[torch.Tensor], Y: torch.Tensor) -> torch.Tensor:
+def _solve(A: torch.Tensor, Y: torch.Tensor, check_errors: bool) -> torch.Tensor:
+    # check_errors=False: torch.linalg.solve without its host-syncing error check (same LU, same numbers)
+    return torch.linalg.solve_ex(A, Y, check_errors=check_errors).result
+
+
+def fiber_gram_solve(weights: list[torch.Tensor], Y: torch.Tensor, check_errors: bool = False) -> torch.Tensor:
     """Solve (J^* J) A = Y for A, Y (B, N-1, d, d), by block Thomas elimination (blocks d^2 x d^2).
 
     (J^* J A)_q = A_q W_q W_q^T + W_{q+1}^T W_{q+1} A_q - W_q A_{q-1} W_q^T - W_{q+1}^T A_{q+1} W_{q+1},
     symmetric positive definite for full-rank W (J is injective on gl(d)^{N-1}); O(N d^6).
+
+    No host sync by default: the blocks are solved by solve_ex without its error check (torch.linalg.solve
+    reads LAPACK's info back, a host sync per block on accelerators, 4 x (2N - 3) per RK4 step); the numbers
+    are the same, and a singular block (rank-deficient W, where the flow is undefined) gives non-finite A,
+    hence non-finite weights, which the simulation reports as divergence at its next save point.
+    check_errors=True raises torch.linalg.LinAlgError on a singular block instead (one sync per block).
     """
     N = len(weights)
     B, d = weights[0].shape[0], weights[0].shape[-1]
@@ -121,22 +132,24 @@ def fiber_gram_solve(weights: list[torch.Tensor], Y: torch.Tensor) -> torch.Tens
     Dp, yp = [diag[0]], [y[:, 0]]
     for q in range(1, N - 1):
         C = upper[q - 1]
-        sol = torch.linalg.solve(Dp[-1], torch.cat([C, yp[-1]], dim=-1))
+        sol = _solve(Dp[-1], torch.cat([C, yp[-1]], dim=-1), check_errors)
         Dp.append(diag[q] - C.mT @ sol[..., :-1])
         yp.append(y[:, q] - C.mT @ sol[..., -1:])
     x = [None] * (N - 1)
-    x[-1] = torch.linalg.solve(Dp[-1], yp[-1])
+    x[-1] = _solve(Dp[-1], yp[-1], check_errors)
     for q in range(N - 3, -1, -1):
-        x[q] = torch.linalg.solve(Dp[q], yp[q] - upper[q] @ x[q + 1])
+        x[q] = _solve(Dp[q], yp[q] - upper[q] @ x[q + 1], check_errors)
     return torch.stack(x, dim=1).reshape(B, N - 1, d, d)
 
 
-def balancing_velocity(weights: list[torch.Tensor], metric: str = "induced") -> list[torch.Tensor]:
-    """The balancing flow's velocity at W: J(G) ("group") or J((J^* J)^{-1} G) ("induced")."""
+def balancing_velocity(weights: list[torch.Tensor], metric: str = "induced", check_errors: bool = False) -> list[torch.Tensor]:
+    """The balancing flow's velocity at W: J(G) ("group") or J((J^* J)^{-1} G) ("induced").
+
+    check_errors: raise on a singular fiber Gram block (see fiber_gram_solve; host syncs), else NaN/inf."""
     if len(weights) == 1:
         return [torch.zeros_like(weights[0])]
     G = _stack_G(weights)
-    A = G if metric == "group" else fiber_gram_solve(weights, G)
+    A = G if metric == "group" else fiber_gram_solve(weights, G, check_errors)
     return fiber_tangent(weights, A)
 
 
@@ -199,7 +212,9 @@ def balance(weights: list[torch.Tensor], metric: str = "induced", tol: float = 1
                 f"balance: the fiber flow did not reach max ||G_p|| <= {tol:g} * ||W||^2 by t = {max_time:g}; "
                 "X may be (nearly) rank-deficient (no balanced point on its fiber): raise tol or max_time"
             )
-        ws, _, _ = dopri5_advance(lambda v: balancing_velocity(v, metric), ws, chunk, None, rtol, atol, 100000)
+        # check_errors: a singular fiber Gram block raises at once (a one-off flow with a host sync per
+        # chunk anyway) instead of NaN rejecting every DOPRI5 substep up to the substep cap
+        ws, _, _ = dopri5_advance(lambda v: balancing_velocity(v, metric, check_errors=True), ws, chunk, None, rtol, atol, 100000)
         t += chunk
     return ws, t
 

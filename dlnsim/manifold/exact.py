@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _device
 from .block_solvers import BlockTridiagonalCholesky, BlockTridiagonalLU, DenseSolver, _mv
 from .constraint_map import _stack, _sym_basis, _sym_operator
 
@@ -200,7 +201,7 @@ class ExactConstraintSolver:
         mu = W.new_zeros(*batch, self.depth - 1, self.k)
         Y = W + v
         iters = W.new_zeros(batch)
-        cpu = W.device.type == "cpu"
+        cpu = _device.host_reads_free(W.device)
         compact = cpu and method != "chord" and len(batch) == 1 and W.shape[:-3] == v.shape[:-3] == batch
         solver = factor if method == "quasi" else self.newton_solver(Y) if method == "chord" else None
         for it in range(max_iter):

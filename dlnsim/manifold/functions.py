@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _device
 from .._checks import rank_tolerance
 from .constraint_map import _SymBasis, _stack, _unstack
 from .exact import DENSE_MAX, NEWTON_METHODS, ExactConstraintSolver
@@ -51,7 +52,7 @@ def make_projection_solver(W: torch.Tensor, solver: str = "frame"):
     if solver == "auto":
         N, d = W.shape[-3], W.shape[-1]
         few = (N - 1) * d * (d + 1) // 2 <= DENSE_MAX
-        solver = "frame" if (W.device.type == "cpu" and not few) else "exact"
+        solver = "frame" if (_device.host_reads_free(W.device) and not few) else "exact"
     if solver == "frame":
         return SingularFrameSolver(W)
     if solver == "exact":

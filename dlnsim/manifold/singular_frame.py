@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from .. import small_svd
+from .. import _device, small_svd
 from .constraint_map import _sym_basis
 from .exact import ExactConstraintSolver, NewtonResult
 
@@ -100,7 +100,7 @@ class SingularFrameSolver:
         # Untrusted trajectories get identity frames: the frame maps stay isometries (so their
         # vectors keep their meaning) and the exact solver takes over for them (CPU fallback).
         # On the CPU (host read free) the masked copies are skipped when every frame is trusted.
-        all_good = W.device.type == "cpu" and bool(good.all())
+        all_good = _device.host_reads_free(W.device) and bool(good.all())
         self.Q = Q if all_good else torch.where(good[..., None, None, None], Q, eye)
         self.l = l
         self.Wt = self.to_frame_coordinates(W)
@@ -168,7 +168,7 @@ class SingularFrameSolver:
         for _ in range(self.refine):
             z = z + self.solve_canonical(r - self.jvp_in_frame(self.vjp_in_frame(z)))
         P = V - self.vjp_in_frame(z)
-        if self.W.device.type == "cpu" and self.W.dim() == 4 and not bool(self.ok.all()):
+        if _device.host_reads_free(self.W.device) and self.W.dim() == 4 and not bool(self.ok.all()):
             # Untrusted frames are identities: the exact projector on that subset (CPU host sync).
             idx = (~self.ok).nonzero()[:, 0]
             P = P.clone()
@@ -210,7 +210,7 @@ class SingularFrameSolver:
         iters = Wt.new_zeros(batch)
         live = self.ok.expand(batch)
         prev = torch.full(batch, float("inf"), dtype=Wt.dtype, device=Wt.device)
-        cpu = Wt.device.type == "cpu"
+        cpu = _device.host_reads_free(Wt.device)
         # The iterates use the canonical adjoint J_D^T (elementwise); y itself is formed with the exact
         # J(x)^T below. They differ by 2 |Wt - diag(l)| |mu| (~1e-13 |v|^2 on trusted frames), far
         # below tol; the inner tolerance tol/2 leaves room for it, and the residual is re-evaluated.
