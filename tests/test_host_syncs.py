@@ -325,7 +325,7 @@ def test_cpu_path_reads_back_only_at_documented_sites(case):
     c, _ = _count_steps(scheme, state)
     undocumented = {s: n for s, n in c.sites.items() if s not in CPU_ONLY_SITES}
     assert not undocumented, f"{case}: undocumented host reads in {K} steps: {undocumented} ({dict(c.kinds)})"
-    if case == "jacobi_svd_rle":  # the CPU takes the Jacobi kernel here: one SVD, one fallback check per step
+    if case == "jacobi_svd_rle":  # the CPU takes the Jacobi kernel here: one SVD, one convergence read per step (4 unchecked sweeps, then one check)
         assert c.sites["small_svd.py:jacobi_svd"] == K, dict(c.sites)
     elif not SCHEMES[name].on_manifold:
         assert c.reads == 0, (case, dict(c.sites))
