@@ -234,6 +234,19 @@ def _figures_safely(run_dir: str, cfg: dict, study: bool) -> tuple[list[str], st
         return [], msg
 
 
+def _finish_figures(run_dir: str, cfg: dict, study: bool, status: Status, quiet: bool) -> dict:
+    """The figures of a finished run or study (completed or diverged) and, when completed, its showcase
+    copy; returns the meta.json fields to add ({"figure_error": ...} when drawing failed)."""
+    if status not in (Status.COMPLETED, Status.DIVERGED):
+        return {}
+    figs, fig_error = _figures_safely(run_dir, cfg, study)
+    if fig_error:
+        return {"figure_error": fig_error}
+    if status == Status.COMPLETED:
+        _copy_showcase(cfg, figs, quiet, _SHOWCASE_ANYWHERE[0])
+    return {}
+
+
 def _figures(run_dir: str, cfg: dict, study: bool = False) -> list[str]:
     if not cfg["output"]["figures"]:
         return []
@@ -320,12 +333,8 @@ def _run_one(cfg: dict, run_dir: str, quiet: bool, stop: StopSignal, desc: str, 
         for w in warnings:
             print(f"dlnsim: warning: {'' if study_figure is None else os.path.basename(run_dir) + ': '}{w}", file=sys.stderr)
         R.update_meta(run_dir, warnings=warnings)  # before the figures, which show them in their title
-    if study_figure is None and status in (Status.COMPLETED, Status.DIVERGED) and sim.n_saved:
-        figs, fig_error = _figures_safely(run_dir, cfg, False)
-        if fig_error:
-            fields["figure_error"] = fig_error
-        elif status == Status.COMPLETED:
-            _copy_showcase(cfg, figs, quiet, _SHOWCASE_ANYWHERE[0])
+    if study_figure is None and sim.n_saved:
+        fields.update(_finish_figures(run_dir, cfg, False, status, quiet))
     R.clean_temp_files(run_dir)
     wall = meta.get("wall_time_s", 0.0) + time.time() - t0
     R.update_meta(run_dir, end_time=R.now(), wall_time_s=round(wall, 3), steps_done=sim.state.step,
@@ -550,13 +559,7 @@ def _run_study(cfg: dict, run_dir: str, variants, quiet: bool, stop: StopSignal)
     message = "" if worst == Status.COMPLETED else f"variant {os.path.basename(first.run_dir)}: {first.message}"
     if worst == Status.INTERRUPTED:
         message = f"interrupted; continue with: dlnsim run --resume {run_dir}"
-    fields = {}
-    if worst in (Status.COMPLETED, Status.DIVERGED):
-        figs, fig_error = _figures_safely(run_dir, cfg, True)
-        if fig_error:
-            fields["figure_error"] = fig_error
-        elif worst == Status.COMPLETED:
-            _copy_showcase(cfg, figs, quiet, _SHOWCASE_ANYWHERE[0])
+    fields = _finish_figures(run_dir, cfg, True, worst, quiet)
     R.clean_temp_files(run_dir)
     R.update_meta(run_dir, end_time=R.now(), wall_time_s=round(wall, 3), message=message, **fields, status=worst)
     code = 128 + stop.signum if worst == Status.INTERRUPTED else (first.exit_code if first is not None else 0)

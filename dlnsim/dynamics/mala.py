@@ -47,7 +47,7 @@ from .. import small_svd
 from ..spectral import log_kernel
 from .base import AnnealedSVDScheme, Scheme, State, as_beta
 from .gradient import TIME_SCALES
-from .rle import _anti, _layer_pair_terms, _sym
+from .rle import _anti, _layer_force, _layer_noise, _layer_pair_terms, _sym
 
 __all__ = ["MetropolisRLE", "layer_log_density", "layer_proposal_log_density", "layer_log_jacobian"]
 
@@ -77,8 +77,7 @@ def _point(X: torch.Tensor, U: torch.Tensor, s: torch.Tensor, V: torch.Tensor, e
     log_K = log_kernel(s, depth)
     E, grad = energy.value_and_grad(X)
     A, Bm, rho, r = _layer_pair_terms(s, log_K, depth)
-    Gf = U.mT @ grad @ V
-    force = -(Bm * _sym(Gf) + A * _anti(Gf))
+    force = _layer_force(A, Bm, U.mT @ grad @ V)
     return _Point(X, U, s ** (1.0 / depth), V, _half_upper_sum(log_K), E, force, r, rho)
 
 
@@ -186,7 +185,7 @@ class MetropolisRLE(AnnealedSVDScheme, Scheme):
         amp = torch.sqrt(2.0 * hc / beta)
         # Forward: the RLE's layer-chart Euler step, in the frame of the current point.
         new = (torch.diag_embed(p.x) + hc * (p.force + torch.diag_embed(p.r) / beta)
-               + amp * (p.rho.sqrt() * _sym(Z) + p.rho.rsqrt() * _anti(Z)))
+               + amp * _layer_noise(p.rho, Z))
         Uf, x_new, Vfh = small_svd.svd(new)
         U, V = p.U @ Uf, p.V @ Vfh.mT
         s_new = x_new**N

@@ -225,11 +225,20 @@ def _anti(M: torch.Tensor) -> torch.Tensor:
     return 0.5 * (M - M.mT)
 
 
+def _layer_force(A: torch.Tensor, B: torch.Tensor, Gf: torch.Tensor) -> torch.Tensor:
+    """-(B o sym(Gf) + A o anti(Gf)): the energy's part of the layer-chart drift, Gf = U^T grad E V (frame)."""
+    return -(B * _sym(Gf) + A * _anti(Gf))
+
+
+def _layer_noise(rho: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """D^{1/2}(Z) in the frame: sqrt(rho) on the symmetric parts of Z, 1/sqrt(rho) on the antisymmetric ones."""
+    return rho.sqrt() * _sym(Z) + rho.rsqrt() * _anti(Z)
+
+
 def _layer_frame_drift(frame: SVDFactors, G: torch.Tensor, beta: torch.Tensor):
     """Layer-chart drift in frame coordinates, and (rho) for the noise: -(B o sym(Gf) + A o anti(Gf)) + diag(r)/beta."""
     A, B, rho, r = _layer_pair_terms(frame.s, frame.log_K, frame.depth)
-    Gf = frame.U.mT @ G @ frame.V
-    return -(B * _sym(Gf) + A * _anti(Gf)) + torch.diag_embed(r) / beta, rho
+    return _layer_force(A, B, frame.U.mT @ G @ frame.V) + torch.diag_embed(r) / beta, rho
 
 
 def rle_layer_drift(X: torch.Tensor, energy: Energy, depth: int, beta) -> torch.Tensor:
@@ -353,7 +362,7 @@ class RiemannianLangevin(AnnealedSVDScheme, Scheme):
             Uf, s_new, Vfh = small_svd.svd(new)
         else:
             drift, rho = _layer_frame_drift(frame, G, beta)
-            noise = amp * (rho.sqrt() * _sym(Z) + rho.rsqrt() * _anti(Z))
+            noise = amp * _layer_noise(rho, Z)
             new = torch.diag_embed(frame.s ** (1.0 / self.depth)) + hc * drift + noise
             Uf, x_new, Vfh = small_svd.svd(new)
             s_new = x_new**self.depth

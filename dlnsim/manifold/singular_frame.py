@@ -109,14 +109,20 @@ class SingularFrameSolver:
         self.ok = good
 
     # -- coordinates --------------------------------------------------------------------------
-    def _slices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Q_1..Q_N), (Q_0..Q_{N-1}) as contiguous tensors, made once per frame: slices of Q along
-        the layer axis are not batch-contiguous, and matmul would copy them at every call."""
-        cache = self.__dict__.get("_qslices")
-        if cache is None or cache[0] is not self.Q:
-            cache = (self.Q, self.Q[..., 1:, :, :].contiguous(), self.Q[..., :-1, :, :].contiguous())
-            self._qslices = cache
+    def _shifted(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """T[1:], T[:-1] along the layer axis of the attribute T = self.<name>, as contiguous tensors made
+        once per value of T: slices along the layer axis are not batch-contiguous, and matmul would copy
+        them at every call."""
+        T = getattr(self, name)
+        cache = self.__dict__.get("_shifted_" + name)
+        if cache is None or cache[0] is not T:
+            cache = (T, T[..., 1:, :, :].contiguous(), T[..., :-1, :, :].contiguous())
+            self.__dict__["_shifted_" + name] = cache
         return cache[1], cache[2]
+
+    def _slices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q_1..Q_N), (Q_0..Q_{N-1})."""
+        return self._shifted("Q")
 
     def to_frame_coordinates(self, V: torch.Tensor) -> torch.Tensor:
         """Vt_p = Q_p^T V_p Q_{p-1}, (..., N, d, d)."""
@@ -135,12 +141,8 @@ class SingularFrameSolver:
 
     # -- operators in frame coordinates --------------------------------------------------------
     def _wt_slices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Wt_2..Wt_N), (Wt_1..Wt_{N-1}) as contiguous tensors (see _slices)."""
-        cache = self.__dict__.get("_wslices")
-        if cache is None or cache[0] is not self.Wt:
-            cache = (self.Wt, self.Wt[..., 1:, :, :].contiguous(), self.Wt[..., :-1, :, :].contiguous())
-            self._wslices = cache
-        return cache[1], cache[2]
+        """(Wt_2..Wt_N), (Wt_1..Wt_{N-1})."""
+        return self._shifted("Wt")
 
     def jvp_in_frame(self, V: torch.Tensor) -> torch.Tensor:
         Wn, Wp = self._wt_slices()
